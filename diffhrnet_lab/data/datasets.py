@@ -1,0 +1,264 @@
+"""Datasets: labelled tiles for fine-tuning, an unlabelled pool for DDPM pretraining.
+
+Two rules from the field shape this module:
+
+* **Split by scene, never by crop.**  Neighbouring crops of one scene share buildings and roads;
+  a random split of crops leaks the validation set into training.  Every :class:`Pair` carries a
+  ``group`` (the scene: the sub-folder for nested datasets such as Dubai's ``Tile_N/``, the file
+  for flat ones) and :func:`split_by_group` / :func:`label_budget` work on groups.
+* **Augment image and mask identically.**  One random generator per sample draws the crop offset
+  and the dihedral (flip/rot90) transform, and both arrays go through the same indexing.  The
+  generator is seeded from ``(seed, epoch, index)``, so data order and crops are reproducible with
+  any number of data-loader workers and after a resume.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .io import TILE_SUFFIXES, BandStats, compute_band_stats, list_tiles, read_mask, read_tile
+from .labels import LabelScheme, get_scheme
+
+MASK_DIR_NAMES = ("masks", "labels", "gt", "annotations")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image, its mask (``None`` for unlabelled data) and the scene it belongs to."""
+
+    image: Path
+    mask: Path | None
+    group: str
+    id: str
+
+
+def find_pairs(root: str | os.PathLike, images: str = "images", masks: str | None = None,
+               require_masks: bool = True) -> list[Pair]:
+    """Match ``root/images/**/X.*`` with ``root/<masks>/**/X.*`` by relative path and stem.
+
+    ``masks`` defaults to the first of ``masks``, ``labels``, ``gt``, ``annotations`` that exists.
+    With ``require_masks=False`` a folder with no mask folder yields pairs with ``mask=None``
+    (prediction only); otherwise a missing mask folder or mask file is an error listing them.
+    """
+    root = Path(root)
+    img_dir = root / images
+    if not img_dir.is_dir():
+        raise DataError(f"{root}: no '{images}/' folder (expected {root}/{images}/ and {root}/masks/)")
+    if masks is None:
+        masks = next((m for m in MASK_DIR_NAMES if (root / m).is_dir()), None)
+    mask_dir = root / masks if masks else None
+    if mask_dir is None or not mask_dir.is_dir():
+        if require_masks:
+            raise DataError(f"{root}: no mask folder (looked for {', '.join(MASK_DIR_NAMES)})")
+        mask_dir = None
+    image_files = list_tiles(img_dir)
+    mask_index: dict[str, Path] = {}
+    if mask_dir is not None:
+        for m in mask_dir.rglob("*"):
+            if m.is_file() and m.suffix.lower() in TILE_SUFFIXES:
+                mask_index[m.relative_to(mask_dir).with_suffix("").as_posix()] = m
+    pairs, missing = [], []
+    for f in image_files:
+        rel = f.relative_to(img_dir).with_suffix("")
+        key = rel.as_posix()
+        group = rel.parts[0] if len(rel.parts) > 1 else rel.name
+        mask = mask_index.pop(key, None)
+        if mask is None and mask_dir is not None:
+            missing.append(str(f))
+        pairs.append(Pair(image=f, mask=mask, group=group, id=key))
+    if missing and require_masks:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"{mask_dir}: no mask for {len(missing)} image(s): {shown}")
+    if mask_index and require_masks:
+        extra = ", ".join(str(p) for p in list(mask_index.values())[:5])
+        raise DataError(f"{img_dir}: no image for {len(mask_index)} mask(s): {extra}")
+    return pairs
+
+
+def groups_of(pairs: Sequence[Pair]) -> list[str]:
+    return sorted({p.group for p in pairs})
+
+
+def split_by_group(pairs: Sequence[Pair], val_groups: Sequence[str] | None = None,
+                   val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Train/validation split by scene: named ``val_groups``, or a seeded fraction of the groups."""
+    groups = groups_of(pairs)
+    if val_groups is None:
+        if len(groups) < 2:
+            raise DataError(f"cannot split {len(groups)} scene(s) into train and validation")
+        n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
+        order = np.random.default_rng(seed).permutation(len(groups))
+        val = {groups[i] for i in order[:n_val]}
+    else:
+        unknown = sorted(set(val_groups) - set(groups))
+        if unknown:
+            raise DataError(f"validation scene(s) {unknown} not found; scenes are: {groups}")
+        val = set(val_groups)
+    return [p for p in pairs if p.group not in val], [p for p in pairs if p.group in val]
+
+
+def label_budget(pairs: Sequence[Pair], budget: int | float | None, seed: int = 0) -> list[Pair]:
+    """Keep the pairs of ``budget`` scenes: an int counts scenes, a float in (0, 1] is a fraction.
+
+    The scenes kept are a seeded choice, nested for growing budgets with the same seed (the
+    2-scene set contains the 1-scene set), so label-efficiency curves compare like with like.
+    """
+    groups = groups_of(pairs)
+    if budget is None:
+        return list(pairs)
+    if isinstance(budget, float) and not isinstance(budget, bool):
+        if not 0 < budget <= 1:
+            raise DataError(f"label budget fraction {budget} outside (0, 1]")
+        k = max(1, round(budget * len(groups)))
+    else:
+        k = int(budget)
+    if not 1 <= k <= len(groups):
+        raise DataError(f"label budget of {k} scene(s) but only {len(groups)} available: {groups}")
+    order = np.random.default_rng(seed).permutation(len(groups))
+    keep = {groups[i] for i in order[:k]}
+    return [p for p in pairs if p.group in keep]
+
+
+# -- augmentation ------------------------------------------------------------------------------
+def random_crop_d4(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop: int | None,
+                   augment: bool, pad_values: Sequence[float]) -> list[np.ndarray]:
+    """Crop all ``arrays`` (``(..., H, W)``) at one random offset and apply one dihedral transform.
+
+    Tiles smaller than ``crop`` are padded (with ``pad_values``: the mask's ignore index, so the
+    padding counts in no loss or metric).
+    """
+    h, w = arrays[0].shape[-2:]
+    out = list(arrays)
+    if crop is not None:
+        ph, pw = max(0, crop - h), max(0, crop - w)
+        if ph or pw:
+            out = [np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)], constant_values=v)
+                   for a, v in zip(out, pad_values)]
+            h, w = out[0].shape[-2:]
+        y = int(rng.integers(0, h - crop + 1))
+        x = int(rng.integers(0, w - crop + 1))
+        out = [a[..., y:y + crop, x:x + crop] for a in out]
+    if augment:
+        k = int(rng.integers(4))
+        flip = bool(rng.integers(2))
+        out = [np.rot90(a, k, axes=(-2, -1)) for a in out]
+        if flip:
+            out = [a[..., ::-1] for a in out]
+    return [np.ascontiguousarray(a) for a in out]
+
+
+class _Seeded(Dataset):
+    """Shared epoch/seed plumbing: each item's randomness depends on (seed, epoch, index) only."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+def _check_not_nodata(image: np.ndarray, nodata: float | None, path: Path) -> None:
+    if nodata is not None and np.all(image == nodata):
+        raise DataError(f"{path}: every pixel is nodata ({nodata}); nothing to learn from")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+        raise DataError(f"{path}: every pixel is NaN/inf")
+
+
+class LabelledTiles(_Seeded):
+    """Labelled tiles in memory, as normalised image / class-index mask pairs.
+
+    ``crop_size=None`` returns whole tiles (evaluation); otherwise random crops, ``samples_per_epoch``
+    of them per epoch (default: one per tile).  Items are dicts ``image`` (float32 ``(C, h, w)``
+    in ``[-1, 1]``), ``mask`` (int64 ``(h, w)``), ``id``.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], scheme: str | LabelScheme, stats: BandStats | None = None,
+                 crop_size: int | None = None, augment: bool = False, samples_per_epoch: int | None = None,
+                 seed: int = 0, expected_bands: int | None = None):
+        if not pairs:
+            raise DataError("no labelled tiles given")
+        self.scheme = get_scheme(scheme)
+        self.pairs = list(pairs)
+        self.stats = stats or compute_band_stats([p.image for p in self.pairs], expected_bands=expected_bands)
+        self.crop_size, self.augment, self.seed = crop_size, augment, seed
+        self.samples_per_epoch = samples_per_epoch
+        self.images: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        for p in self.pairs:
+            if p.mask is None:
+                raise DataError(f"{p.image}: no mask")
+            tile = read_tile(p.image, expected_bands=expected_bands or self.stats.bands)
+            _check_not_nodata(tile.image, tile.nodata, p.image)
+            mask = read_mask(p.mask, self.scheme)
+            if mask.shape != tile.shape:
+                raise DataError(f"{p.image}: image is {tile.shape[1]}x{tile.shape[0]} (WxH) but its mask "
+                                f"{p.mask} is {mask.shape[1]}x{mask.shape[0]}")
+            self.images.append(self.stats.normalise(tile.image, str(p.image)))
+            self.masks.append(mask.astype(np.uint8))
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch or len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        i = index % len(self.pairs)
+        image, mask = random_crop_d4(self._rng(index), [self.images[i], self.masks[i]], self.crop_size,
+                                     self.augment, pad_values=[0.0, self.scheme.ignore_index])
+        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask.astype(np.int64)),
+                "id": self.pairs[i].id}
+
+    def class_pixel_counts(self) -> np.ndarray:
+        counts = np.zeros(self.scheme.num_classes, np.int64)
+        for m in self.masks:
+            counts += np.bincount(m[m != self.scheme.ignore_index].ravel(), minlength=self.scheme.num_classes)
+        return counts
+
+
+class UnlabelledPool(_Seeded):
+    """Any folder (or list) of tiles, as random normalised crops for DDPM pretraining.
+
+    Each epoch draws ``samples_per_epoch`` crops (default: one per tile) spread over the tiles in
+    turn, so that small pools still give full batches.  Tiles smaller than the crop are reflected
+    to size rather than padded with a constant, which a DDPM would learn as content.
+    """
+
+    def __init__(self, tiles: str | os.PathLike | Sequence[str | os.PathLike], crop_size: int = 64,
+                 stats: BandStats | None = None, augment: bool = True, samples_per_epoch: int | None = None,
+                 seed: int = 0, expected_bands: int | None = None):
+        paths = list_tiles(tiles) if isinstance(tiles, (str, os.PathLike)) else [Path(t) for t in tiles]
+        if not paths:
+            raise DataError("unlabelled pool is empty")
+        self.paths = paths
+        self.stats = stats or compute_band_stats(paths, expected_bands=expected_bands)
+        self.crop_size, self.augment, self.seed = crop_size, augment, seed
+        self.samples_per_epoch = samples_per_epoch
+        self.images = []
+        for p in paths:
+            tile = read_tile(p, expected_bands=self.stats.bands)
+            _check_not_nodata(tile.image, tile.nodata, p)
+            img = self.stats.normalise(tile.image, str(p))
+            ph, pw = max(0, crop_size - img.shape[1]), max(0, crop_size - img.shape[2])
+            if ph or pw:
+                if ph >= img.shape[1] or pw >= img.shape[2]:
+                    img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="symmetric")
+                else:
+                    img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+            self.images.append(img)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch or len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        i = index % len(self.paths)
+        (image,) = random_crop_d4(self._rng(index), [self.images[i]], self.crop_size, self.augment, [0.0])
+        return {"image": torch.from_numpy(image), "id": self.paths[i].stem}

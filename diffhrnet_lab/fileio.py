@@ -1,0 +1,70 @@
+"""Crash-safe file writing.
+
+A run killed part-way (pre-emption, Ctrl-C, a full disk) must never leave a half-written
+checkpoint, tile or report behind.  Everything the kit writes goes to a temporary file in the
+destination folder and is renamed over the target only once complete: ``os.replace`` is atomic
+on POSIX and Windows when source and target share a file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    On any exception the temporary file is removed and ``target`` is left untouched.
+    ``suffix`` defaults to the target's own so that libraries that pick a format from the
+    extension (GDAL, matplotlib) still do.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=(target.suffix if suffix is None else suffix) + ".tmp",
+        dir=target.parent,
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs should be readable like any file
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    # GDAL may leave an .aux.xml beside the temporary name.
+    Path(str(tmp_path) + ".aux.xml").unlink(missing_ok=True)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Fail early, with the folder's name, if outputs cannot be written there."""
+    from .errors import DataError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise DataError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
+    return folder
