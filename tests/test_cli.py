@@ -1,0 +1,37 @@
+import subprocess
+import sys
+
+import numpy as np
+
+from diffhrnet_lab.cli import main
+from diffhrnet_lab.data.io import write_geotiff
+
+
+def test_check_data_reports_classes(make_labelled, capsys):
+    root = make_labelled(2)
+    assert main(["check-data", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "2 tiles in 2 scene(s), 3 band(s)" in out and "impervious" in out
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(make_labelled):
+    root = make_labelled(1)
+    write_geotiff(root / "masks" / "t0.tif", np.full((40, 48), 9, np.uint8))
+    r = subprocess.run([sys.executable, "-m", "diffhrnet_lab.cli", "check-data", str(root)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "masks/t0.tif: 1 value(s) not in label scheme 'samples': value 9: 1920 px" in r.stderr
+
+
+def test_demo_writes_figure(tmp_path, samples_dir):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--data", str(samples_dir)]) == 0
+    fig = tmp_path / "demo" / "samples.png"
+    assert fig.stat().st_size > 20_000 and fig.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unwritable_output_folder_is_refused_up_front(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["demo", "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+import torch
+
+from diffhrnet_lab.data.datasets import (LabelledTiles, Pair, UnlabelledPool, find_pairs, label_budget,
+                                         random_crop_d4, split_by_group)
+from diffhrnet_lab.data.io import write_geotiff, write_png
+from diffhrnet_lab.data.labels import DUBAI
+from diffhrnet_lab.errors import DataError
+
+
+def test_crop_and_d4_apply_identically_to_image_and_mask():
+    """Make band 0 of the image equal to the mask: after any crop/flip/rot90 they must still agree."""
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 7, (37, 53)).astype(np.uint8)
+    image = np.stack([mask.astype(np.float32), rng.random((37, 53), dtype=np.float32)])
+    seen = set()
+    for i in range(40):
+        im, m = random_crop_d4(np.random.default_rng(i), [image, mask], 24, True, [0.0, 255])
+        assert im.shape == (2, 24, 24) and m.shape == (24, 24)
+        np.testing.assert_array_equal(im[0], m)
+        seen.add(im[1].tobytes()[:64])
+    assert len(seen) > 30  # the transforms actually vary
+
+
+def test_small_tiles_are_padded_with_ignore():
+    mask = np.ones((10, 12), np.uint8)
+    image = np.ones((1, 10, 12), np.float32)
+    im, m = random_crop_d4(np.random.default_rng(0), [image, mask], 16, False, [0.0, 255])
+    assert m.shape == (16, 16) and (m == 255).sum() == 16 * 16 - 120 and (im == 0).sum() == 16 * 16 - 120
+
+
+def test_labelled_tiles_items_are_reproducible_per_epoch(make_labelled):
+    root = make_labelled(3, size=(40, 48))
+    ds = LabelledTiles(find_pairs(root), "samples", crop_size=32, augment=True, samples_per_epoch=7, seed=3)
+    assert len(ds) == 7
+    a = ds[5]
+    assert a["image"].shape == (3, 32, 32) and a["image"].dtype == torch.float32
+    assert a["mask"].dtype == torch.int64 and a["image"].abs().max() <= 1
+    assert torch.equal(ds[5]["image"], a["image"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[5]["image"], a["image"])
+    ds.set_epoch(0)
+    assert torch.equal(ds[5]["mask"], a["mask"])
+
+
+def test_whole_tiles_without_crop(make_labelled):
+    root = make_labelled(2, size=(40, 48))
+    ds = LabelledTiles(find_pairs(root), "samples")
+    assert ds[1]["image"].shape == (3, 40, 48)
+    assert ds.class_pixel_counts().sum() == 2 * 40 * 48
+
+
+def test_size_mismatch_names_both_files(tmp_path, make_labelled):
+    root = make_labelled(1, size=(40, 48))
+    write_geotiff(root / "masks" / "t0.tif", np.zeros((40, 40), np.uint8))
+    with pytest.raises(DataError, match=r"t0.tif: image is 48x40 \(WxH\) but its mask .*masks/t0.tif is 40x40"):
+        LabelledTiles(find_pairs(root), "samples")
+
+
+def test_wrong_band_count_across_tiles(make_labelled):
+    root = make_labelled(2, bands=3)
+    write_geotiff(root / "images" / "t1.tif", np.zeros((4, 40, 48), np.uint8))
+    with pytest.raises(DataError, match=r"t1.tif: has 4 band\(s\), expected 3"):
+        LabelledTiles(find_pairs(root), "samples")
+
+
+def test_all_nodata_tile(make_labelled):
+    root = make_labelled(1)
+    write_geotiff(root / "images" / "t0.tif", np.zeros((3, 40, 48), np.uint8), nodata=0)
+    with pytest.raises(DataError, match="every pixel is nodata"):
+        LabelledTiles(find_pairs(root), "samples", stats=None)
+
+
+def test_unknown_colour_in_rgb_mask_names_file(tmp_path):
+    root = tmp_path / "d"
+    write_png(root / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    m = np.zeros((8, 8, 3), np.uint8)
+    m[:] = (60, 16, 152)
+    m[0, 0] = (12, 34, 56)
+    write_png(root / "labels" / "a.png", m)
+    with pytest.raises(DataError, match=r"labels/a.png: 1 colour\(s\) not in label scheme 'dubai': RGB\(12, 34, 56\): 1 px"):
+        LabelledTiles(find_pairs(root), DUBAI)
+
+
+def test_find_pairs_reports_missing_masks_and_empty_folders(tmp_path, make_labelled):
+    root = make_labelled(3)
+    (root / "masks" / "t2.tif").unlink()
+    with pytest.raises(DataError, match=r"no mask for 1 image\(s\): .*t2.tif"):
+        find_pairs(root)
+    assert [p.mask is None for p in find_pairs(root, require_masks=False)] == [False, False, True]
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir()
+    with pytest.raises(DataError, match="no tiles found"):
+        find_pairs(tmp_path / "empty")
+    with pytest.raises(DataError, match="no mask folder"):
+        find_pairs(root.parent / "nothing", images=".") if False else find_pairs(_only_images(tmp_path))
+
+
+def _only_images(tmp_path):
+    d = tmp_path / "only"
+    write_geotiff(d / "images" / "x.tif", np.zeros((1, 4, 4), np.uint8))
+    return d
+
+
+def _pairs(groups):
+    return [Pair(image=f"{g}/{i}.tif", mask=None, group=g, id=f"{g}/{i}") for g in groups for i in range(3)]
+
+
+def test_split_by_group_never_splits_a_scene():
+    pairs = _pairs(["Tile_1", "Tile_2", "Tile_3", "Tile_4", "Tile_5"])
+    for seed in range(5):
+        train, val = split_by_group(pairs, val_fraction=0.4, seed=seed)
+        assert {p.group for p in train}.isdisjoint({p.group for p in val})
+        assert len({p.group for p in val}) == 2 and len(train) + len(val) == len(pairs)
+    train, val = split_by_group(pairs, val_groups=["Tile_4"])
+    assert {p.group for p in val} == {"Tile_4"}
+    with pytest.raises(DataError, match="Tile_9"):
+        split_by_group(pairs, val_groups=["Tile_9"])
+
+
+def test_label_budget_counts_scenes_and_nests():
+    pairs = _pairs(list("abcdef"))
+    one, two, four = (label_budget(pairs, k, seed=1) for k in (1, 2, 4))
+    assert [len({p.group for p in s}) for s in (one, two, four)] == [1, 2, 4]
+    assert {p.group for p in one} <= {p.group for p in two} <= {p.group for p in four}
+    assert len(label_budget(pairs, 0.5)) == 9
+    with pytest.raises(DataError, match="only 6 available"):
+        label_budget(pairs, 7)
+    with pytest.raises(DataError, match="outside"):
+        label_budget(pairs, 1.5)
+
+
+def test_unlabelled_pool_crops_small_tiles_and_is_deterministic(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(80, 90), (30, 20)]):
+        write_geotiff(tmp_path / "pool" / f"p{i}.tif", rng.integers(0, 255, (4, *size)).astype(np.uint8))
+    pool = UnlabelledPool(tmp_path / "pool", crop_size=48, samples_per_epoch=6, seed=1)
+    assert len(pool) == 6
+    items = [pool[i]["image"] for i in range(6)]
+    assert all(x.shape == (4, 48, 48) for x in items)
+    assert torch.equal(pool[3]["image"], items[3])
+    with pytest.raises(DataError, match="no tiles found"):
+        UnlabelledPool(tmp_path / "nothing-here" if (tmp_path / "nothing-here").mkdir() is None else None)
+
+
+def test_embedded_samples_load(samples_dir):
+    pairs = find_pairs(samples_dir / "labelled")
+    ds = LabelledTiles(pairs, "samples", crop_size=64, augment=True)
+    assert len(pairs) >= 8 and ds.stats.bands == 4
+    counts = ds.class_pixel_counts()
+    assert (counts > 0).all(), "every class appears in the labelled samples"
+    pool = UnlabelledPool(samples_dir / "unlabelled", crop_size=64, stats=ds.stats)
+    assert len(pool) >= 64
