@@ -1,1 +1,3 @@
-"""Diff-HRNet teaching kit."""
+"""Diff-HRNet teaching kit: DDPM features fused into HRNet for remote-sensing segmentation."""
+
+__version__ = "0.1.0"

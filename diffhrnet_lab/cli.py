@@ -49,6 +49,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_cfg(args: argparse.Namespace):
+    from .config import profile_config
+
+    return profile_config(args.profile)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import replace
+    from .ddpm.pretrain import export_bundle, pretrain
+
+    cfg = _profile_cfg(args).ddpm
+    changes = {k: v for k, v in {"preset": args.preset, "pool": args.pool and str(args.pool), "steps": args.steps,
+                                 "batch_size": args.batch_size, "sample_size": args.sample_size,
+                                 "beta_schedule": args.schedule, "lr": args.lr, "seed": args.seed,
+                                 "mixed_precision": args.mixed_precision}.items() if v is not None}
+    cfg = replace(cfg, **changes)
+    final = pretrain(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
+    if final.exists():
+        print(f"[pretrain] final bundle (EMA weights): {final}")
+        if args.export:
+            print(f"[pretrain] exported to {export_bundle(args.out, args.export, half=args.export_half)}")
+    else:
+        print(f"[pretrain] stopped; continue with --resume latest --out {args.out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+    from .config import check_profile, default_profile
+
+    run(args.what, check_profile(args.profile or default_profile()), args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import samples_dir
 
@@ -66,6 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", default="images")
     s.add_argument("--masks", default=None)
     s.set_defaults(func=_cmd_check_data)
+
+    s = sub.add_parser("pretrain", help="pretrain a DDPM on a folder of unlabelled tiles")
+    s.add_argument("--profile", default=None, help="smoke, quick or full (default: $DHL_PROFILE or quick)")
+    s.add_argument("--out", type=Path, default=Path("runs/ddpm"))
+    s.add_argument("--pool", type=Path, default=None, help="folder of unlabelled tiles (default: embedded pool)")
+    s.add_argument("--preset", default=None, help="U-Net preset: tiny, small, base")
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None, help="global batch, split across processes")
+    s.add_argument("--sample-size", type=int, default=None, help="training crop size")
+    s.add_argument("--schedule", default=None, help="beta schedule: linear or cosine")
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--mixed-precision", default=None, help="auto, no, bf16, fp16")
+    s.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    s.add_argument("--stop-after", type=int, default=None, help="end this invocation after this step")
+    s.add_argument("--export", type=Path, default=None, help="copy the final bundle + loss log + samples here")
+    s.add_argument("--export-half", action="store_true", help="store exported weights in float16")
+    s.set_defaults(func=_cmd_pretrain)
+
+    s = sub.add_parser("bench", help="benchmarks that print figures and ratios")
+    s.add_argument("what", choices=["features"])
+    s.add_argument("--profile", default=None)
+    s.add_argument("--json", action="store_true", help="one JSON line")
+    s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="the main job on the embedded samples")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -29,6 +29,11 @@ def samples_dir() -> Path:
     return Path(env) if env else PACKAGE_ROOT.parent / "data_samples"
 
 
+def embedded_ddpm_dir() -> Path:
+    """The DDPM bundle shipped with the samples (``data_samples/ddpm_tiny``)."""
+    return samples_dir() / "ddpm_tiny"
+
+
 def dubai_dir() -> Path | None:
     """The real Dubai aerial tiles from ``$DHL_DUBAI_DIR`` when that folder exists, else ``None``."""
     env = os.environ.get("DHL_DUBAI_DIR")
@@ -66,17 +71,61 @@ class DataConfig:
 
 
 @dataclass
+class DDPMConfig:
+    """DDPM pretraining on an unlabelled pool (diffusers ``unconditional_image_generation`` recipe)."""
+
+    preset: str = "tiny"
+    pool: str = ""  # empty: the embedded samples' unlabelled/ folder
+    sample_size: int = 64  # training crop
+    beta_schedule: str = "linear"  # or "cosine"
+    num_train_timesteps: int = 1000
+    batch_size: int = 16  # global: split across processes under `accelerate launch`
+    steps: int = 1500
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_max_decay: float = 0.999
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class FeatureConfig:
+    """Which DDPM features to extract (DDPM-Seg defaults: t ∈ {50, 150, 250}, early decoder blocks)."""
+
+    checkpoint: str = ""  # empty: the embedded tiny DDPM
+    timesteps: tuple[int, ...] = (50, 150, 250)
+    blocks: tuple[int, ...] = (0, 1)
+    noise_seed: int = 0
+    upsample: bool = False
+
+
+@dataclass
 class ProfileConfig:
-    """Everything a run needs, per stage; later stages add their own sections."""
+    """Everything a run needs, per stage."""
 
     name: str = "quick"
     data: DataConfig = field(default_factory=DataConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
 
 
 _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    "smoke": {"data": {"crop_size": 64, "batch_size": 2}},
+    "smoke": {"data": {"crop_size": 64, "batch_size": 2},
+              "ddpm": {"steps": 4, "batch_size": 4, "sample_size": 32, "warmup_steps": 1, "log_every": 1,
+                       "sample_every": 4, "checkpoint_every": 2}},
     "quick": {"data": {"crop_size": 128, "batch_size": 4}},
-    "full": {"data": {"crop_size": 512, "batch_size": 16}},
+    "full": {"data": {"crop_size": 512, "batch_size": 16},
+             "ddpm": {"preset": "base", "sample_size": 256, "batch_size": 32, "steps": 100_000, "lr": 1e-4,
+                      "warmup_steps": 500, "ema_max_decay": 0.9999, "sample_every": 5000,
+                      "checkpoint_every": 2500, "num_workers": 4},
+             "features": {"blocks": (1, 2)}},
 }
 
 

@@ -70,3 +70,24 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
+
+
+def plot_image_grid(images: Sequence[np.ndarray], cols: int = 8, titles: Sequence[str] | None = None,
+                    title: str | None = None, stats: BandStats | None = None):
+    """Normalised ``(C, H, W)`` images (e.g. DDPM samples) in a grid; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + (0.3 if title else 0)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, img in enumerate(images):
+        ax = axes[i // cols, i % cols]
+        ax.imshow(to_rgb(img, stats))
+        if titles:
+            ax.set_title(titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

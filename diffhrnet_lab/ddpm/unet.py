@@ -1,0 +1,138 @@
+"""The denoising U-Net (diffusers ``UNet2DModel``), its noise schedule, and the saved bundle.
+
+A *bundle* is a folder that holds everything needed to use a pretrained DDPM on new tiles:
+``unet/`` (``save_pretrained``: config + safetensors weights), ``scheduler/`` (the noise schedule)
+and ``ddpm.json`` (preset, band count, training crop size and the band statistics that map the
+tiles to ``[-1, 1]``).  Without the statistics, features of a 16-bit tile would be computed on a
+different input distribution than the one the DDPM learned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from ..data.io import BandStats
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_json
+
+# Four resolution levels (stride 8) with self-attention at 1/4 resolution, as in the DDPM paper's
+# CIFAR/LSUN models (Ho et al. 2020, App. B) scaled down.  Decoder block i is ``up_blocks[i]``:
+# block 0 is the deepest (lowest resolution).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(  # 2.7 M parameters: CPU, 64² crops
+        block_out_channels=(32, 64, 96, 96), layers_per_block=1, norm_num_groups=16, attention_head_dim=32,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
+    "small": dict(  # 22 M: a laptop GPU, 128² crops
+        block_out_channels=(64, 128, 192, 256), layers_per_block=2, norm_num_groups=32, attention_head_dim=64,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
+    "base": dict(  # 111 M: a GPU, 256² crops (the size of DDPM-Seg's LSUN/FFHQ models' inputs)
+        block_out_channels=(128, 256, 256, 512, 512), layers_per_block=2, norm_num_groups=32, attention_head_dim=64,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
+}
+SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
+
+def build_unet(preset: str, bands: int, sample_size: int) -> UNet2DModel:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown U-Net preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    return UNet2DModel(sample_size=sample_size, in_channels=bands, out_channels=bands, **PRESETS[preset])
+
+
+def build_scheduler(schedule: str = "linear", num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """DDPM noise schedule with ε-prediction (Ho et al. 2020, Eq. 14); linear β from 1e-4 to 0.02."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown beta schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=SCHEDULES[schedule],
+                         prediction_type="epsilon", clip_sample=True)
+
+
+def unet_stride(unet: UNet2DModel) -> int:
+    """Input sizes must be multiples of this: one factor 2 per down block that downsamples."""
+    return 2 ** sum(1 for b in unet.down_blocks if getattr(b, "downsamplers", None))
+
+
+@dataclass
+class DDPMBundle:
+    unet: UNet2DModel
+    scheduler: DDPMScheduler
+    stats: BandStats
+    meta: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def bands(self) -> int:
+        return int(self.unet.config.in_channels)
+
+
+def save_bundle(path: str | os.PathLike, unet: UNet2DModel, scheduler: DDPMScheduler, stats: BandStats,
+                meta: dict[str, Any], extra_files: dict[str, Path] | None = None, half: bool = False) -> Path:
+    """Write a bundle atomically: build it in a hidden sibling folder, then rename it into place.
+
+    ``half`` stores the weights in float16 (half the size; loading casts back to float32), which
+    is how the embedded checkpoint stays small.  ``extra_files`` are copied in (loss log, samples).
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        if half:
+            from safetensors.torch import load_file, save_file
+
+            weights = tmp / "unet" / "diffusion_pytorch_model.safetensors"
+            save_file({k: v.half() for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        scheduler.save_pretrained(tmp / "scheduler")
+        atomic_write_json(tmp / "ddpm.json", {**meta, "stats": stats.to_dict(), "bands": int(unet.config.in_channels)})
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished folder onto ``dst``; an older ``dst`` is moved aside first, then removed."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> DDPMBundle:
+    """Load a bundle from safetensors only (never unpickles); errors name the folder."""
+    path = Path(path)
+    meta_file = path / "ddpm.json"
+    if not meta_file.is_file():
+        raise DataError(f"{path}: not a DDPM bundle (no ddpm.json); make one with `diffhrnet-lab pretrain`")
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise DataError(f"{path}: no unet/diffusion_pytorch_model.safetensors (only safetensors weights are loaded)")
+    try:
+        meta = json.loads(meta_file.read_text())
+        unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True, local_files_only=True,
+                                           torch_dtype=torch.float32)
+        scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise DataError(f"{path}: cannot load DDPM bundle ({str(exc).splitlines()[0][:200]})") from None
+    unet.to(device).eval().requires_grad_(False)
+    return DDPMBundle(unet=unet, scheduler=scheduler, stats=BandStats.from_dict(meta["stats"]), meta=meta, path=path)
