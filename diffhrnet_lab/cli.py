@@ -45,7 +45,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, args.data)
+    run_demo(args.out, args.data, profile=args.profile)
     return 0
 
 
@@ -80,6 +80,95 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .config import check_profile, default_profile
 
     run(args.what, check_profile(args.profile or default_profile()), args.json)
+    return 0
+
+
+def apply_overrides(cfg, pairs: list[str]):
+    """``section.field=value`` overrides (``model.fusion=add``, ``features.timesteps=50,150``)."""
+    import dataclasses
+
+    from .config import replace
+
+    for item in pairs or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: use section.field=value, e.g. model.fusion=add")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
+            raise ConfigError(f"--set {item!r}: no section '{section}'; sections: data, ddpm, features, model, train")
+        sec = getattr(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(sec)}
+        if name not in fields:
+            raise ConfigError(f"--set {item!r}: {section} has no field '{name}'; fields: {', '.join(fields)}")
+        current = getattr(sec, name)
+        hint = str(fields[name].type)
+        if isinstance(current, bool):
+            parsed = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, tuple) or "tuple" in hint:
+            parsed = tuple(int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in value.split(",") if v.strip())
+        elif isinstance(current, int) and not isinstance(current, bool):
+            parsed = int(value)
+        elif isinstance(current, float):
+            parsed = float(value)
+        elif current is None and value.replace(".", "", 1).isdigit():
+            parsed = float(value) if "." in value else int(value)
+        else:
+            parsed = value
+        setattr(cfg, section, replace(sec, **{name: parsed}))
+    return cfg
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .config import replace
+    from .train import finetune
+
+    cfg = apply_overrides(_profile_cfg(args), args.set)
+    changes = {k: v for k, v in {"method": args.method, "variant": args.variant, "stages": args.stages,
+                                 "fusion": args.fusion}.items() if v is not None}
+    cfg.model = replace(cfg.model, **changes)
+    if args.data:
+        cfg.data = replace(cfg.data, root=str(args.data), scheme=args.scheme or cfg.data.scheme)
+    if args.ddpm:
+        cfg.features = replace(cfg.features, checkpoint=str(args.ddpm))
+    s = finetune(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
+    print(f"[finetune] {s['method']}: best validation mIoU {100 * max(s['best_miou'], 0):.1f} % at step "
+          f"{s['best_step']} (validation scenes {', '.join(s['val_groups'])}); checkpoints in {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train import evaluate
+
+    r = evaluate(args.checkpoint, args.data, args.out, window=args.window, ddpm_path=args.ddpm)
+    if r["labelled_tiles"]:
+        print(f"{r['labelled_tiles']} labelled tile(s): mIoU {100 * r['miou']:.1f} %, mF1 {100 * r['mf1']:.1f} %, "
+              f"OA {100 * r['oa']:.1f} %")
+        for c, v in r["iou"].items():
+            print(f"  {c:<16} IoU {100 * v:5.1f} %")
+        print(f"metrics: {Path(args.out) / 'metrics.json'}")
+    else:
+        print(f"no masks in {args.data}: wrote predictions only ({r['tiles']} tile(s)); no metrics computed")
+    print(f"predictions (GeoTIFF + PNG): {r['predictions']}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .config import check_profile, default_profile
+    from .sweep import ABLATIONS, aggregate, markdown_table, run_experiment, run_sweep
+
+    profile = check_profile(args.profile or default_profile())
+    configs: dict = {}
+    for name in args.ablation:
+        if name not in ABLATIONS:
+            raise ConfigError(f"unknown ablation '{name}'; choose from {', '.join(ABLATIONS)}")
+        configs.update(ABLATIONS[name])
+    if args.engine == "papermill":
+        run_sweep(configs, profile, notebook=args.notebook, results_dir=args.results)
+    else:
+        for run, params in configs.items():
+            print(f"[sweep] {run}: {params}")
+            run_experiment(run, profile, results_dir=args.results, progress=True, **params)
+    print(markdown_table(aggregate(args.results, runs=configs)))
     return 0
 
 
@@ -119,6 +208,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--export-half", action="store_true", help="store exported weights in float16")
     s.set_defaults(func=_cmd_pretrain)
 
+    s = sub.add_parser("finetune", help="fine-tune HRNet / Diff-HRNet / the DDPM pixel classifier")
+    s.add_argument("--profile", default=None)
+    s.add_argument("--out", type=Path, default=Path("runs/finetune"))
+    s.add_argument("--method", default=None, help="hrnet, diffhrnet or ddpm_mlp")
+    s.add_argument("--variant", default=None, help="w18_small, w18, w32, w48")
+    s.add_argument("--stages", default=None, help="none, late, multistage or stage numbers, e.g. '2 4'")
+    s.add_argument("--fusion", default=None, help="concat, add or gated")
+    s.add_argument("--data", type=Path, default=None, help="labelled folder (images/ + masks/)")
+    s.add_argument("--scheme", default=None)
+    s.add_argument("--ddpm", type=Path, default=None, help="DDPM bundle (default: the embedded tiny one)")
+    s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any config field, repeatable")
+    s.add_argument("--resume", default=None)
+    s.add_argument("--stop-after", type=int, default=None)
+    s.set_defaults(func=_cmd_finetune)
+
+    s = sub.add_parser("evaluate", help="predict whole tiles; metrics when masks are present")
+    s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--data", type=Path, required=True)
+    s.add_argument("--out", type=Path, default=Path("runs/evaluate"))
+    s.add_argument("--window", type=int, default=None)
+    s.add_argument("--ddpm", type=Path, default=None, help="override the DDPM bundle recorded in the checkpoint")
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("sweep", help="run ablations (one fine-tuning per configuration) and tabulate them")
+    s.add_argument("ablation", nargs="+", help="stages, fusion, timesteps, blocks, budget, ddpm")
+    s.add_argument("--profile", default=None)
+    s.add_argument("--engine", choices=["python", "papermill"], default="python",
+                   help="python: in this process; papermill: notebooks/experiment.ipynb once per run")
+    s.add_argument("--notebook", type=Path, default=Path("notebooks/experiment.ipynb"))
+    s.add_argument("--results", type=Path, default=Path("results"))
+    s.set_defaults(func=_cmd_sweep)
+
     s = sub.add_parser("bench", help="benchmarks that print figures and ratios")
     s.add_argument("what", choices=["features"])
     s.add_argument("--profile", default=None)
@@ -128,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the main job on the embedded samples")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))
     s.add_argument("--data", type=Path, default=None)
+    s.add_argument("--profile", default=None, help="smoke, quick (default) or full")
     s.set_defaults(func=_cmd_demo)
     return p
 

@@ -107,6 +107,38 @@ class FeatureConfig:
 
 
 @dataclass
+class ModelConfig:
+    """Which segmenter: ``hrnet`` (baseline), ``diffhrnet`` (DDPM features fused) or ``ddpm_mlp``
+    (DDPM-Seg's pixel classifier on DDPM features alone)."""
+
+    method: str = "diffhrnet"
+    variant: str = "w18_small"
+    stages: str = "multistage"  # none | late | multistage | e.g. "2 4"
+    fusion: str = "gated"  # concat | add | gated
+    finetune_ddpm: bool = False
+    init_timm: str = ""  # optional timm hrnet_* weights (.safetensors) to start the backbone from
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning on the labelled tiles (mmsegmentation-style poly LR, CE with ignore index)."""
+
+    steps: int = 400
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    warmup_steps: int = 20
+    class_weights: str = "none"  # none | inverse_sqrt (of class pixel frequency)
+    eval_every: int = 100
+    eval_window: int = 128
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    mixed_precision: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
 class ProfileConfig:
     """Everything a run needs, per stage."""
 
@@ -114,14 +146,20 @@ class ProfileConfig:
     data: DataConfig = field(default_factory=DataConfig)
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {"data": {"crop_size": 64, "batch_size": 2},
+              "train": {"steps": 6, "eval_every": 3, "eval_window": 64, "checkpoint_every": 3, "warmup_steps": 1},
               "ddpm": {"steps": 4, "batch_size": 4, "sample_size": 32, "warmup_steps": 1, "log_every": 1,
                        "sample_every": 4, "checkpoint_every": 2}},
-    "quick": {"data": {"crop_size": 128, "batch_size": 4}},
+    "quick": {"data": {"crop_size": 128, "batch_size": 4}},  # the rest: the dataclass defaults
     "full": {"data": {"crop_size": 512, "batch_size": 16},
+             "model": {"variant": "w48"},
+             "train": {"steps": 80_000, "lr": 1e-3, "eval_every": 4000, "eval_window": 512, "checkpoint_every": 2000,
+                       "warmup_steps": 1000, "num_workers": 4},
              "ddpm": {"preset": "base", "sample_size": 256, "batch_size": 32, "steps": 100_000, "lr": 1e-4,
                       "warmup_steps": 500, "ema_max_decay": 0.9999, "sample_every": 5000,
                       "checkpoint_every": 2500, "num_workers": 4},

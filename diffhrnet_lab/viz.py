@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
 
 import numpy as np
 
@@ -89,5 +88,94 @@ def plot_image_grid(images: Sequence[np.ndarray], cols: int = 8, titles: Sequenc
             ax.set_title(titles[i], fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_predictions(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], preds: dict[str, Sequence[np.ndarray]],
+                     scheme: LabelScheme, titles: Sequence[str] | None = None):
+    """One row per tile: image, ground truth, then each method's prediction."""
+    import matplotlib.pyplot as plt
+
+    cols = 2 + len(preds)
+    fig, axes = plt.subplots(len(images), cols, figsize=(2.6 * cols, 2.6 * len(images) + 0.5), squeeze=False)
+    for r, (img, gt) in enumerate(zip(images, truths)):
+        panels = [("image" if not titles else titles[r], to_rgb(img)), ("ground truth", scheme.decode(gt))]
+        panels += [(name, scheme.decode(p[r])) for name, p in preds.items()]
+        for c, (name, pic) in enumerate(panels):
+            axes[r, c].imshow(pic, interpolation="nearest")
+            axes[r, c].set_title(name, fontsize=9)
+            axes[r, c].axis("off")
+    fig.legend(handles=legend_handles(scheme), loc="lower center", ncol=min(len(scheme.classes), 7), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_iou_bars(per_method: dict[str, dict[str, float]], title: str = "per-class IoU"):
+    """Grouped bars: classes on x, one bar per method."""
+    import matplotlib.pyplot as plt
+
+    methods = list(per_method)
+    classes = list(next(iter(per_method.values())))
+    x = np.arange(len(classes))
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2, 3.4))
+    for i, m in enumerate(methods):
+        vals = [100 * (per_method[m][c] if per_method[m][c] == per_method[m][c] else 0) for c in classes]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=m)
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylabel("IoU %")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_miou(values: dict[str, float], title: str = "validation mIoU"):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.4 * len(values) + 1.5, 3.2))
+    bars = ax.bar(list(values), [100 * v for v in values.values()], color=[f"C{i}" for i in range(len(values))])
+    for b, v in zip(bars, values.values()):
+        ax.text(b.get_x() + b.get_width() / 2, 100 * v + 1, f"{100 * v:.1f}", ha="center", fontsize=9)
+    ax.set_ylabel("mIoU %")
+    ax.set_ylim(0, max(100 * max(values.values()) + 10, 10))
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(histories: dict[str, list[dict]]):
+    """Training loss and validation mIoU against step, one line per method."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, hist in histories.items():
+        a.plot([r["step"] for r in hist], [r["loss"] for r in hist], label=name)
+        ev = [r for r in hist if r.get("val_miou") is not None]
+        b.plot([r["step"] for r in ev], [100 * r["val_miou"] for r in ev], marker="o", label=name)
+    a.set_xlabel("step"), a.set_ylabel("training loss"), a.set_yscale("log"), a.legend(fontsize=8)
+    b.set_xlabel("step"), b.set_ylabel("validation mIoU %"), b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(cm, classes: Sequence[str], title: str = "confusion matrix (row-normalised)"):
+    """Rows: truth, columns: prediction; each row sums to 1 so rare classes are readable too."""
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(0.6 * len(classes) + 2.5, 0.6 * len(classes) + 2))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("prediction"), ax.set_ylabel("truth"), ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig

@@ -18,7 +18,6 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from affine import Affine
@@ -349,6 +348,8 @@ from the seed in `manifest.json`; `diffhrnet-lab samples --check` verifies it pi
 - `labelled/masks/scene_NN.tif`: uint8 class indices of the `samples` label scheme
   (impervious, building, low_vegetation, tree, car, water, bare_soil), with a colour table.
 - `unlabelled/pool_NNN.tif`: more scenes of the same kind with no labels, for DDPM pretraining.
+- `ddpm_tiny/`: a tiny DDPM pretrained on `unlabelled/` (not made by the generator; its own
+  `README.md` gives the command that made it).
 
 The scenes are synthetic: buildings with shaded roof slopes and cast shadows, roads with dashed
 markings and cars, textured tree canopies, grass, bare soil and water.  Each tile is its own

@@ -138,6 +138,12 @@ class FeatureExtractor:
     # -- the fast path --------------------------------------------------------------------------
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> dict[FeatureKey, torch.Tensor]:
+        return self.compute(images)
+
+    def compute(self, images: torch.Tensor) -> dict[FeatureKey, torch.Tensor]:
+        """The fast path under the caller's autograd mode: Diff-HRNet calls it under ``no_grad``
+        for a frozen DDPM (``inference_mode`` tensors cannot feed layers that train) and with
+        gradients when the DDPM is fine-tuned."""
         images, h, w = self._prepare(images)
         x, t = self._noised(images)
         return self._finish(self._forward_until(x, t), images.shape[0], h, w)

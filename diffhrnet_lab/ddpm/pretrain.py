@@ -279,4 +279,21 @@ def export_bundle(run_dir: str | os.PathLike, dest: str | os.PathLike, half: boo
     extra = {"loss_log.csv": run / "loss_log.csv"}
     if grids:
         extra["samples.png"] = grids[-1]
+    log = read_loss_log(run / "loss_log.csv")
+    cfg = json.loads((run / "config.json").read_text())["ddpm"]
+    readme = run / "EXPORT_README.md"
+    atomic_write_text(readme, f"""# DDPM bundle: `{cfg['preset']}` U-Net, {bundle.bands} bands
+
+Pretrained on {bundle.meta.get('pool')} for {bundle.meta['step']} steps (batch {cfg['batch_size']}, {cfg['sample_size']}² crops,
+{cfg['beta_schedule']} β schedule, lr {cfg['lr']}, seed {cfg['seed']}); EMA weights{', stored in float16' if half else ''}.
+Final training loss (mean of the last logged interval): {float(log[-1]['loss']):.4f}; wall time {float(log[-1]['seconds']) / 60:.1f} min.
+
+Made with:
+
+    diffhrnet-lab pretrain --profile quick --out runs/ddpm_tiny --export data_samples/ddpm_tiny --export-half
+
+Files: `unet/` and `scheduler/` (diffusers `save_pretrained`, safetensors), `ddpm.json` (band statistics and
+settings), `loss_log.csv`, `samples.png` (generated with 50 ancestral steps).
+""")
+    extra["README.md"] = readme
     return save_bundle(dest, bundle.unet, bundle.scheduler, bundle.stats, bundle.meta, extra_files=extra, half=half)
