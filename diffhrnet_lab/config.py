@@ -155,7 +155,7 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
               "train": {"steps": 6, "eval_every": 3, "eval_window": 64, "checkpoint_every": 3, "warmup_steps": 1},
               "ddpm": {"steps": 4, "batch_size": 4, "sample_size": 32, "warmup_steps": 1, "log_every": 1,
                        "sample_every": 4, "checkpoint_every": 2}},
-    "quick": {"data": {"crop_size": 128, "batch_size": 4}},  # the rest: the dataclass defaults
+    "quick": {"data": {"crop_size": 96, "batch_size": 4}, "train": {"steps": 300}},  # the rest: dataclass defaults
     "full": {"data": {"crop_size": 512, "batch_size": 16},
              "model": {"variant": "w48"},
              "train": {"steps": 80_000, "lr": 1e-3, "eval_every": 4000, "eval_window": 512, "checkpoint_every": 2000,

@@ -206,7 +206,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     weights = _class_weights(train_ds, tc.class_weights)
 
     meta = {"model": asdict(mc), "features": asdict(fc), "num_classes": scheme.num_classes, "scheme": scheme.name,
-            "classes": list(scheme.classes), "bands": stats.bands, "stats": stats.to_dict(),
+            "classes": list(scheme.classes), "bands": stats.bands, "stats": stats.to_dict(), "eval_window": tc.eval_window,
             "data": {"root": str(dc.root or "embedded samples"), "train_groups": sorted({p.group for p in train_pairs}),
                      "val_groups": sorted({p.group for p in val_pairs}), "label_budget": dc.label_budget},
             "ddpm": None if bundle is None else {
@@ -225,7 +225,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     steps_per_epoch = len(train_ds) // dc.batch_size
     end = min(tc.steps, stop_after) if stop_after is not None else tc.steps
     bar = tqdm(total=tc.steps, initial=step, desc=f"fine-tuning {mc.method}", disable=not (progress and main))
-    t0, running = time.time(), []
+    t0 = time.time()
     last_good = start
 
     def evaluate_now() -> dict:
@@ -238,7 +238,10 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         train_ds.set_epoch(epoch)
         order = epoch_order(len(train_ds), tc.seed, epoch)
         batches = [order[i:i + dc.batch_size] for i in range(0, steps_per_epoch * dc.batch_size, dc.batch_size)][offset:]
-        loader = accelerator.prepare_data_loader(DataLoader(train_ds, batch_sampler=batches, num_workers=tc.num_workers))
+        # its own generator: a DataLoader iterator otherwise draws its seed from the global RNG, which
+        # dropout uses too, and a resumed run (one more iterator) would get different dropout masks
+        loader = accelerator.prepare_data_loader(DataLoader(train_ds, batch_sampler=batches, num_workers=tc.num_workers,
+                                                            generator=torch.Generator().manual_seed(tc.seed + epoch)))
         model.train()
         for batch in loader:
             for g in optimizer.param_groups:
@@ -253,11 +256,10 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            running.append(loss.item())
+            row = {"step": step, "loss": loss.item(), "seconds": round(time.time() - t0, 1)}
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(running[-10:]):.3f}", best=f"{max(best['miou'], 0):.3f}")
-            row = {"step": step, "loss": float(np.mean(running)), "seconds": round(time.time() - t0, 1)}
-            running = [] if step % 10 == 0 else running
+            recent = [r["loss"] for r in history[-9:]] + [row["loss"]]
+            bar.set_postfix(loss=f"{np.mean(recent):.3f}", best=f"{max(best['miou'], 0):.3f}")
             if step % tc.eval_every == 0 or step == tc.steps:
                 val = evaluate_now()
                 row.update(val_miou=val["miou"], val_oa=val["oa"])

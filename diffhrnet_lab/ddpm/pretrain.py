@@ -131,7 +131,8 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
         order = epoch_order(len(pool), cfg.seed, epoch)[: steps_per_epoch * cfg.batch_size]
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][offset:]
         loader = accelerator.prepare_data_loader(
-            DataLoader(pool, batch_sampler=batches, num_workers=cfg.num_workers), device_placement=True)
+            DataLoader(pool, batch_sampler=batches, num_workers=cfg.num_workers,
+                       generator=torch.Generator().manual_seed(cfg.seed + epoch)), device_placement=True)
         for batch in loader:
             x0 = batch["image"]
             for group in optimizer.param_groups:

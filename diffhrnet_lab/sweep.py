@@ -1,0 +1,128 @@
+"""Ablation sweeps: one experiment per configuration, then one table.
+
+An *experiment* (:func:`run_experiment`) fine-tunes one configuration and writes
+``results/<run>.json``.  A *sweep* runs the parameterised notebook ``notebooks/experiment.ipynb``
+once per configuration through papermill, one process after another (each kernel's memory is
+returned to the system between runs), so every run also leaves an executed notebook to read.
+A kernel that dies (usually memory) is reported as such with the run's name, not as a hang.
+:func:`aggregate` reads every ``results/*.json`` into one table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import profile_config, replace
+from .errors import ConfigError
+from .fileio import atomic_write_json
+
+# name → notebook parameters; the keys of each dict are parameters of notebooks/experiment.ipynb
+ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "stages": {f"stages-{s}": {"method": "diffhrnet", "stages": s} for s in ("none", "late", "multistage")},
+    "fusion": {f"fusion-{f}": {"method": "diffhrnet", "fusion": f} for f in ("concat", "add", "gated")},
+    "timesteps": {f"t-{'-'.join(map(str, t))}": {"method": "diffhrnet", "timesteps": list(t)}
+                  for t in ((50,), (250,), (50, 150, 250), (50, 250, 500))},
+    "blocks": {f"blocks-{'-'.join(map(str, b))}": {"method": "diffhrnet", "blocks": list(b)} for b in ((0,), (1,), (0, 1), (1, 2))},
+    "budget": {f"{m}-budget{k}": {"method": m, "label_budget": k} for m in ("hrnet", "diffhrnet") for k in (1, 2, 4, 0)},
+    "ddpm": {f"ddpm-{'finetuned' if f else 'frozen'}": {"method": "diffhrnet", "finetune_ddpm": f} for f in (False, True)},
+}
+
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "method": "diffhrnet", "stages": "multistage", "fusion": "gated", "timesteps": [50, 150, 250], "blocks": [0, 1],
+    "label_budget": 0, "finetune_ddpm": False, "seed": 0,
+}
+
+
+def run_experiment(run: str, profile: str, results_dir: str | os.PathLike = "results", runs_dir: str | os.PathLike = "runs/sweep",
+                   progress: bool = False, **params: Any) -> dict[str, Any]:
+    """Fine-tune one configuration (``label_budget=0``: all training scenes) and write ``results/<run>.json``."""
+    unknown = sorted(set(params) - set(EXPERIMENT_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown experiment parameter(s) {unknown}; valid: {', '.join(EXPERIMENT_DEFAULTS)}")
+    p = {**EXPERIMENT_DEFAULTS, **params}
+    from .train import finetune
+
+    cfg = profile_config(profile)
+    cfg.data = replace(cfg.data, label_budget=int(p["label_budget"]) or None)
+    cfg.model = replace(cfg.model, method=p["method"], stages=p["stages"], fusion=p["fusion"], finetune_ddpm=bool(p["finetune_ddpm"]))
+    cfg.features = replace(cfg.features, timesteps=tuple(p["timesteps"]), blocks=tuple(p["blocks"]))
+    cfg.train = replace(cfg.train, seed=int(p["seed"]))
+    t0 = time.time()
+    summary = finetune(cfg, Path(runs_dir) / run, resume="latest", progress=progress)
+    best = summary.get("best_scores") or {}
+    result = {"run": run, "profile": profile, **p, "miou": summary["best_miou"], "oa": best.get("oa"),
+              "iou": best.get("iou"), "best_step": summary["best_step"], "train_groups": summary["train_groups"],
+              "val_groups": summary["val_groups"], "wall_s": round(time.time() - t0, 1)}
+    atomic_write_json(Path(results_dir) / f"{run}.json", result)
+    return result
+
+
+def run_sweep(configs: dict[str, dict[str, Any]], profile: str, notebook: str | os.PathLike = "notebooks/experiment.ipynb",
+              results_dir: str | os.PathLike = "results", executed_dir: str | os.PathLike = "runs/sweep/notebooks",
+              runs_dir: str | os.PathLike = "runs/sweep", kernel_name: str | None = None) -> list[dict[str, Any]]:
+    """Execute ``notebook`` once per configuration with papermill, one after another."""
+    import papermill as pm
+
+    results_dir, executed_dir = Path(results_dir), Path(executed_dir)
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for run, params in configs.items():
+        target = executed_dir / f"{run}.ipynb"
+        print(f"[sweep] {run}: {params}")
+        try:
+            pm.execute_notebook(str(notebook), str(target), parameters={"run": run, "profile": profile,
+                                                                       "results_dir": str(Path(results_dir).resolve()),
+                                                                       "runs_dir": str(Path(runs_dir).resolve()), **params},
+                                kernel_name=kernel_name, progress_bar=False, cwd=str(Path(notebook).parent))
+        except pm.PapermillExecutionError as exc:
+            raise RuntimeError(f"sweep run '{run}' failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue} "
+                               f"(executed notebook: {target})") from None
+        except RuntimeError as exc:
+            if "Kernel died" in str(exc) or "kernel" in str(exc).lower():
+                raise RuntimeError(f"sweep run '{run}': the kernel died ({exc}); this is usually memory — "
+                                   "try a smaller profile or batch size") from None
+            raise
+        out.append(json.loads((results_dir / f"{run}.json").read_text()))
+    return out
+
+
+def aggregate(results_dir: str | os.PathLike = "results", runs: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """All ``results/*.json`` (or the named runs) as rows sorted by run name."""
+    results_dir = Path(results_dir)
+    files = sorted(results_dir.glob("*.json")) if runs is None else [results_dir / f"{r}.json" for r in runs]
+    rows = [json.loads(f.read_text()) for f in files if f.is_file()]
+    if not rows:
+        raise ConfigError(f"{results_dir}: no results to aggregate")
+    return sorted(rows, key=lambda r: r["run"])
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: Iterable[str] = ("run", "method", "stages", "fusion", "timesteps",
+                                                                           "blocks", "label_budget", "miou")) -> str:
+    cols = list(columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append(f"{100 * v:.1f}" if c in ("miou", "oa") and isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_budget(rows: list[dict[str, Any]]):
+    """mIoU against label budget, one line per method (budget 0 = all training scenes)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for method in sorted({r["method"] for r in rows}):
+        pts = sorted((len(r["train_groups"]), 100 * r["miou"]) for r in rows if r["method"] == method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    ax.set_xlabel("labelled training scenes")
+    ax.set_ylabel("validation mIoU %")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
