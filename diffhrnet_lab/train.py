@@ -30,7 +30,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import FeatureConfig, ModelConfig, ProfileConfig, embedded_ddpm_dir
@@ -41,7 +40,7 @@ from .data.tiling import predict_sliding, write_prediction
 from .ddpm.checkpoints import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, resolve_resume,
                                save_checkpoint, save_tensors)
 from .ddpm.features import FeatureExtractor, file_hash
-from .ddpm.pretrain import TrainingDiverged, _mixed_precision, epoch_order
+from .ddpm.pretrain import TrainingDiverged, _mixed_precision, epoch_loader
 from .ddpm.unet import _replace_dir, load_bundle
 from .errors import ConfigError, DataError
 from .fileio import atomic_write_json, check_writable
@@ -235,13 +234,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
 
     while step < end:
         epoch, offset = divmod(step, steps_per_epoch)
-        train_ds.set_epoch(epoch)
-        order = epoch_order(len(train_ds), tc.seed, epoch)
-        batches = [order[i:i + dc.batch_size] for i in range(0, steps_per_epoch * dc.batch_size, dc.batch_size)][offset:]
-        # its own generator: a DataLoader iterator otherwise draws its seed from the global RNG, which
-        # dropout uses too, and a resumed run (one more iterator) would get different dropout masks
-        loader = accelerator.prepare_data_loader(DataLoader(train_ds, batch_sampler=batches, num_workers=tc.num_workers,
-                                                            generator=torch.Generator().manual_seed(tc.seed + epoch)))
+        loader = epoch_loader(accelerator, train_ds, dc.batch_size, tc.seed, epoch, offset, tc.num_workers)
         model.train()
         for batch in loader:
             for g in optimizer.param_groups:

@@ -210,3 +210,42 @@ def test_embedded_checkpoint_denoises_held_out_tiles_far_better_than_untrained(s
     assert trained < 0.35 * untrained, (trained, untrained)
     meta = json.loads((embedded_ddpm_dir() / "ddpm.json").read_text())
     assert meta["weights"] == "ema" and meta["sample_size"] == 64
+
+
+def test_resume_on_a_pool_with_another_band_count_is_refused(tmp_path):
+    pretrain(_smoke_cfg(), tmp_path / "run", stop_after=2, progress=False)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_geotiff(tmp_path / "rgb" / f"p{i}.tif", rng.integers(0, 255, (3, 40, 40)).astype(np.uint8))
+    with pytest.raises(DataError, match=r"trained on 4-band tiles but the pool has 3 band\(s\)"):
+        pretrain(_smoke_cfg(pool=str(tmp_path / "rgb")), tmp_path / "run", resume="latest", progress=False)
+
+
+def test_bench_features_prints_one_json_line_with_exact_features():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "diffhrnet_lab.cli", "bench", "features", "--profile", "smoke", "--json"],
+                       capture_output=True, text=True, check=True)
+    lines = [line for line in r.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["max_abs_diff"] < 1e-4 and out["speedup"] > 0 and out["images_per_s"] > 0
+    assert out["timesteps"] == [50, 150, 250] and set(out["stream_peak_rss_mb"]) == {"1", "8", "32"}
+
+
+def test_each_epoch_loader_draws_new_crops_and_resumes_mid_epoch(samples_dir):
+    """Regression: accelerate's loader resets ``dataset.set_epoch`` to its own counter on iteration."""
+    from accelerate import Accelerator
+
+    from diffhrnet_lab.data.datasets import UnlabelledPool
+    from diffhrnet_lab.ddpm.pretrain import epoch_loader
+
+    pool = UnlabelledPool(samples_dir / "unlabelled", crop_size=16, samples_per_epoch=8, seed=0)
+    acc = Accelerator(cpu=True)
+    epochs = [torch.cat([b["image"] for b in epoch_loader(acc, pool, 4, 0, e)]) for e in range(3)]
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    again = torch.cat([b["image"] for b in epoch_loader(acc, pool, 4, 0, 1)])
+    assert torch.equal(again, epochs[1])
+    tail = torch.cat([b["image"] for b in epoch_loader(acc, pool, 4, 0, 1, offset=1)])
+    assert torch.equal(tail, epochs[1][4:])

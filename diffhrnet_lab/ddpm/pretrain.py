@@ -59,6 +59,26 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+def epoch_loader(accelerator: Accelerator, dataset, batch_size: int, seed: int, epoch: int, offset: int = 0,
+                 num_workers: int = 0) -> DataLoader:
+    """The batches of one epoch, from batch ``offset`` on, prepared by accelerate (sharded across processes).
+
+    Two details keep runs exact: accelerate's loader calls ``dataset.set_epoch`` with *its own*
+    epoch counter on every iteration, so that counter is set to ``epoch`` here (otherwise every
+    fresh loader would replay epoch 0's crops); and the loader gets its own generator, because a
+    DataLoader iterator otherwise draws a seed from the global RNG that dropout also uses.
+    """
+    steps = len(dataset) // batch_size
+    order = epoch_order(len(dataset), seed, epoch)[: steps * batch_size]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)][offset:]
+    loader = accelerator.prepare_data_loader(
+        DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                   generator=torch.Generator().manual_seed(seed + epoch)), device_placement=True)
+    loader.set_epoch(epoch)
+    dataset.set_epoch(epoch)
+    return loader
+
+
 def _mixed_precision(choice: str) -> str:
     if choice == "auto":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -127,12 +147,7 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
 
     while step < end:
         epoch, offset = divmod(step, steps_per_epoch)
-        pool.set_epoch(epoch)
-        order = epoch_order(len(pool), cfg.seed, epoch)[: steps_per_epoch * cfg.batch_size]
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][offset:]
-        loader = accelerator.prepare_data_loader(
-            DataLoader(pool, batch_sampler=batches, num_workers=cfg.num_workers,
-                       generator=torch.Generator().manual_seed(cfg.seed + epoch)), device_placement=True)
+        loader = epoch_loader(accelerator, pool, cfg.batch_size, cfg.seed, epoch, offset, cfg.num_workers)
         for batch in loader:
             x0 = batch["image"]
             for group in optimizer.param_groups:
@@ -207,6 +222,10 @@ def _load_state(d: Path, unet: UNet2DModel, optimizer, ema: EMAModel, noise_gen:
                 cfg: DDPMConfig) -> int:
     state = json.loads((d / "state.json").read_text())
     saved = state["config"]
+    saved_bands = len(state["stats"]["low"])
+    if saved_bands != unet.config.in_channels:
+        raise DataError(f"{d}: checkpoint was trained on {saved_bands}-band tiles but the pool has "
+                        f"{unet.config.in_channels} band(s)")
     for key in ("preset", "sample_size", "batch_size", "seed", "beta_schedule"):
         if saved.get(key) != getattr(cfg, key):
             raise ConfigError(f"{d}: checkpoint has {key}={saved.get(key)!r} but this run has {getattr(cfg, key)!r}; "

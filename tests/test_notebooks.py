@@ -1,0 +1,58 @@
+"""Notebook plumbing: papermill parameter checking and an end-to-end papermill sweep (smoke profile).
+
+The notebooks themselves are executed by nbval (``make test`` runs ``pytest --nbval-lax notebooks``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from diffhrnet_lab.sweep import aggregate, markdown_table, run_sweep
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+pm = pytest.importorskip("papermill")
+
+
+def test_unknown_parameter_stops_at_the_check_cell(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NOTEBOOKS / "00_data_tour.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "smoke", "n_tile": 3}, progress_bar=False, cwd=str(NOTEBOOKS))
+    assert "unknown notebook parameter 'n_tile'" in e.value.evalue and "n_tiles" in e.value.evalue
+    nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failed == [3], "the cell right after the parameters (and papermill's injected cell) fails"
+
+
+def test_mistyped_parameter_value(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="should be a int"):
+        pm.execute_notebook(str(NOTEBOOKS / "00_data_tour.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "smoke", "n_tiles": "five"}, progress_bar=False, cwd=str(NOTEBOOKS))
+
+
+def test_every_notebook_has_parameters_cell_with_profile_and_objectives():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and "profile = " in tagged[0].source, path.name
+        if path.name[:2].isdigit():
+            assert "Learning objectives" in nb.cells[0].source and "Exercises" in nb.cells[-1].source, path.name
+        assert path.stat().st_size < 3e6, f"{path.name} is over 3 MB"
+
+
+def test_papermill_sweep_of_two_configurations_aggregates(tmp_path):
+    configs = {"t-stages-none": {"method": "diffhrnet", "stages": "none"},
+               "t-stages-late": {"method": "diffhrnet", "stages": "late", "fusion": "add"}}
+    results = tmp_path / "results"
+    run_sweep(configs, "smoke", notebook=NOTEBOOKS / "experiment.ipynb", results_dir=results,
+              executed_dir=tmp_path / "executed", runs_dir=tmp_path / "runs")
+    rows = aggregate(results)
+    assert [r["run"] for r in rows] == ["t-stages-late", "t-stages-none"]
+    assert all(0 <= r["miou"] <= 1 and r["profile"] == "smoke" for r in rows)
+    assert rows[0]["stages"] == "late" and rows[0]["fusion"] == "add"
+    table = markdown_table(rows)
+    assert table.count("\n") == 3 and "| t-stages-late | diffhrnet | late | add |" in table
+    assert (tmp_path / "executed" / "t-stages-none.ipynb").exists()
