@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test samples clean
+.PHONY: venv demo test notebooks bench samples clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,19 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/diffhrnet-lab demo --out runs/demo
 
+# Unit tests, then every notebook executed by nbval in the smoke profile (--nbval-lax: only cells
+# marked NBVAL_CHECK_OUTPUT are compared with the committed outputs).
 test: $(STAMP)
-	DHL_PROFILE=smoke MPLBACKEND=agg $(BIN)/python -m pytest
+	DHL_PROFILE=smoke MPLBACKEND=agg $(BIN)/python -m pytest tests
+	DHL_PROFILE=smoke MPLBACKEND=agg $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+# Re-execute the numbered notebooks in the quick profile, keeping their outputs for GitHub readers.
+notebooks: $(STAMP)
+	cd notebooks && DHL_PROFILE=quick $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=1800 0*.ipynb
+
+bench: $(STAMP)
+	$(BIN)/diffhrnet-lab bench features --profile smoke --json
 
 samples: $(STAMP)
 	$(BIN)/diffhrnet-lab samples --out data_samples

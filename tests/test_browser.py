@@ -99,15 +99,18 @@ def lab(tmp_path_factory):
 
 def _run_all(lab, name: str, timeout_s: float = 300):
     page = lab["browser"].new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{lab['url']}/lab/tree/notebooks/{name}?token={lab['token']}")
+    # a workspace of its own, reset: only this notebook opens (not the tabs of earlier tests)
+    page.goto(f"{lab['url']}/lab/workspaces/{name.split('.')[0]}/tree/notebooks/{name}?reset&token={lab['token']}")
     page.get_by_text(IDLE).wait_for(timeout=90_000)  # the kernel exists and is idle
+    nb = page.locator(".jp-NotebookPanel:visible")
+    nb.locator(".jp-Cell").first.wait_for(timeout=60_000)
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
     deadline = time.time() + timeout_s
     page.wait_for_timeout(1500)
     quiet = 0  # the kernel flickers to idle between queued cells: require a few quiet seconds in a row
     while time.time() < deadline:
-        busy = page.locator(".jp-InputPrompt", has_text="[*]").count()
+        busy = nb.locator(".jp-InputPrompt", has_text="[*]").count()
         quiet = quiet + 1 if busy == 0 and page.get_by_text(IDLE).count() else 0
         if quiet >= 3:
             break
@@ -115,25 +118,25 @@ def _run_all(lab, name: str, timeout_s: float = 300):
     else:
         page.screenshot(path=str(lab["shots"] / f"{name}-timeout.png"), full_page=True)
         pytest.fail(f"{name}: cells still running after {timeout_s} s")
-    unrun = page.locator(".jp-CodeCell .jp-InputPrompt", has_text="[ ]").count()
-    errors = page.locator('[data-mime-type="application/vnd.jupyter.error"]')
+    unrun = nb.locator(".jp-CodeCell .jp-InputPrompt", has_text="[ ]").count()
+    errors = nb.locator('[data-mime-type="application/vnd.jupyter.error"]')
     page.screenshot(path=str(lab["shots"] / f"{name}.png"), full_page=True)
     assert errors.count() == 0, f"{name}: error output: {errors.first.inner_text()[:500]}"
     assert unrun == 0, f"{name}: {unrun} cell(s) never ran"
-    return page
+    return page, nb
 
 
 @pytest.mark.parametrize("name", ["00_data_tour.ipynb", "01_ddpm_pretraining.ipynb", "03_finetuning.ipynb",
                                   "04_ablations.ipynb"])
 def test_notebook_runs_to_the_end_in_jupyterlab(lab, name):
-    page = _run_all(lab, name)
-    assert page.locator(".jp-OutputArea-output img").count() >= 1, "no figure rendered"
+    page, nb = _run_all(lab, name)
+    assert nb.locator(".jp-OutputArea-output img").count() >= 1, "no figure rendered"
     page.close()
 
 
 def test_feature_explorer_widget_redraws_on_slider_and_block(lab):
-    page = _run_all(lab, "02_features_per_timestep.ipynb")
-    widget = page.locator(".widget-vbox").first
+    page, nb = _run_all(lab, "02_features_per_timestep.ipynb")
+    widget = nb.locator(".widget-vbox").first
     widget.wait_for(timeout=30_000)
     img = widget.locator(".widget-output img").first
     img.wait_for(timeout=30_000)
@@ -157,6 +160,6 @@ def test_feature_explorer_widget_redraws_on_slider_and_block(lab):
                            arg=[widget.element_handle(), after_slider], timeout=60_000)
     page.screenshot(path=str(lab["shots"] / "02_explorer_after_interaction.png"), full_page=True)
     # the static fallback grid: a figure outside any widget, before the explorer
-    static = page.locator(".jp-OutputArea-output:not(.widget-output) > img, .jp-RenderedImage img")
+    static = nb.locator(".jp-OutputArea-output:not(.widget-output) > img, .jp-RenderedImage img")
     assert static.count() >= 2
     page.close()
