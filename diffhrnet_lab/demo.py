@@ -25,6 +25,7 @@ from .data.io import read_mask, read_tile
 from .data.labels import SAMPLES
 from .data.samples import generate_samples, verify_samples
 from .errors import DataError
+from .metrics import pct
 from .fileio import atomic_write_text, check_writable
 from .viz import plot_curves, plot_iou_bars, plot_miou, plot_predictions, plot_tiles_and_masks, save_figure
 
@@ -115,7 +116,7 @@ def _report(profile, pairs, val_groups, scores_by, summaries, wall_s) -> str:
     lines += ["", "![mIoU side by side](miou.png)", "", "## Per-class IoU", "",
               "| class | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, c in enumerate(scores_by[names[0]].classes):
-        lines.append(f"| {c} | " + " | ".join(f"{100 * scores_by[n].iou[i]:.1f}" for n in names) + " |")
+        lines.append(f"| {c} | " + " | ".join(pct(scores_by[n].iou[i]) for n in names) + " |")
     lines += ["", "![per-class IoU](iou.png)", "", "## Predictions beside ground truth", "",
               "![predictions](predictions.png)", "", "## Training", "", "![curves](curves.png)", "",
               "## The embedded samples", "", "![tiles and masks](samples.png)", ""]

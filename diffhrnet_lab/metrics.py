@@ -15,6 +15,11 @@ import numpy as np
 import torch
 
 
+def pct(v: float) -> str:
+    """A score in percent; NaN (class absent from truth and prediction) reads as 'absent'."""
+    return "absent" if v != v else f"{100 * v:.1f}"
+
+
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """``(K, K)`` int64 counts; ``pred`` and ``target`` are class-index tensors of the same shape."""
     if pred.shape != target.shape:
@@ -41,7 +46,7 @@ class Scores:
 
     def table(self) -> str:
         rows = ["| class | IoU % | F1 % |", "|---|---|---|"]
-        rows += [f"| {c} | {100 * i:.1f} | {100 * f:.1f} |" for c, i, f in zip(self.classes, self.iou, self.f1)]
+        rows += [f"| {c} | {pct(i)} | {pct(f)} |" for c, i, f in zip(self.classes, self.iou, self.f1)]
         rows.append(f"| **mean** | **{100 * self.miou:.1f}** | **{100 * self.mf1:.1f}** |")
         return "\n".join(rows) + f"\n\nOverall accuracy: {100 * self.oa:.1f} %"
 

@@ -167,3 +167,21 @@ def test_cli_finetune_then_evaluate(tmp_path, capsys):
     assert "best validation mIoU" in capsys.readouterr().out
     assert main(["finetune", "--profile", "smoke", "--set", "model.fuse=add", "--out", str(tmp_path / "x")]) == 2
     assert "model has no field 'fuse'; fields: method" in capsys.readouterr().err
+
+
+def test_timm_parity_backbone_can_start_from_timm_weights(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from diffhrnet_lab.models.hrnet import convert_timm_state_dict
+
+    ref = timm.create_model("hrnet_w18_small_v2", pretrained=False, features_only=True, feature_location="")
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "timm.safetensors"))
+    cfg = _cfg("hrnet", steps=1, init_timm=str(tmp_path / "timm.safetensors"))
+    cfg.train = replace(cfg.train, lr=0.0, warmup_steps=1, eval_every=1)  # lr 0: weights stay as loaded
+    finetune(cfg, tmp_path / "run", progress=False)
+    model, _ = load_segmenter(tmp_path / "run" / "last")
+    expected = convert_timm_state_dict(ref.state_dict(), model.backbone)
+    key = "stage2.0.branches.0.0.conv1.weight"
+    assert torch.allclose(model.backbone.state_dict()[key], expected[key])
+    assert torch.allclose(model.backbone.state_dict()["stem.conv1.weight"], expected["stem.conv1.weight"])
