@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +46,35 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         raise
     # GDAL may leave an .aux.xml beside the temporary name.
     Path(str(tmp_path) + ".aux.xml").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``target``; on success, fsync it and move it onto ``target``.
+
+    Checkpoints and bundles are folders: readers must see the old one or the whole new one, never
+    a half-written mix.  An existing ``target`` is moved aside first and removed after the rename.
+    """
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:

@@ -41,9 +41,9 @@ from .ddpm.checkpoints import (load_tensors, optimizer_from_tensors, optimizer_t
                                save_checkpoint, save_tensors)
 from .ddpm.features import FeatureExtractor, file_hash
 from .ddpm.pretrain import TrainingDiverged, _mixed_precision, epoch_loader
-from .ddpm.unet import _replace_dir, load_bundle
+from .ddpm.unet import load_bundle
 from .errors import ConfigError, DataError
-from .fileio import atomic_write_json, check_writable
+from .fileio import atomic_dir, atomic_write_json, check_writable
 from .metrics import confusion_matrix, scores
 from .models.fusion import DDPMPixelClassifier, DiffHRNet
 from .models.hrnet import convert_timm_state_dict
@@ -74,18 +74,10 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
 
 
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_dir(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "model.json", meta)
-        _replace_dir(tmp, path)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

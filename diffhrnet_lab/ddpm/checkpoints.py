@@ -10,7 +10,6 @@ whole; :func:`latest_checkpoint` still verifies each one and falls back past any
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import warnings
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DataError
+from ..fileio import atomic_dir
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -53,28 +53,11 @@ def save_checkpoint(ckpt_root: Path, step: int, write: Callable[[Path], None], k
     """Write ``ckpt_root/step_{step}`` through ``write(tmp_dir)``, atomically; keep the last ``keep``."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
-    tmp = ckpt_root / f".tmp-step_{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(final) as tmp:
         write(tmp)
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

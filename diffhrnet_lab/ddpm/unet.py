@@ -21,7 +21,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from ..data.io import BandStats
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_dir, atomic_write_json
 
 # Four resolution levels (stride 8) with self-attention at 1/4 resolution, as in the DDPM paper's
 # CIFAR/LSUN models (Ho et al. 2020, App. B) scaled down.  Decoder block i is ``up_blocks[i]``:
@@ -86,10 +86,7 @@ def save_bundle(path: str | os.PathLike, unet: UNet2DModel, scheduler: DDPMSched
     is how the embedded checkpoint stays small.  ``extra_files`` are copied in (loss log, samples).
     """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(path) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         if half:
             from safetensors.torch import load_file, save_file
@@ -100,22 +97,7 @@ def save_bundle(path: str | os.PathLike, unet: UNet2DModel, scheduler: DDPMSched
             shutil.copyfile(src, tmp / name)
         scheduler.save_pretrained(tmp / "scheduler")
         atomic_write_json(tmp / "ddpm.json", {**meta, "stats": stats.to_dict(), "bands": int(unet.config.in_channels)})
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder onto ``dst``; an older ``dst`` is moved aside first, then removed."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> DDPMBundle:
