@@ -37,8 +37,9 @@ class FeatureAtlas:
         return kmeans(self.features[tile][(t, block)], k=k)
 
 
-def feature_grid(atlas: FeatureAtlas, tile: str):
-    """Static fallback: the tile, then PCA colour maps for every timestep (rows) and block (columns)."""
+def feature_grid(atlas: FeatureAtlas, tile: str, kind: str = "pca"):
+    """Static fallback: the tile, then PCA colour maps (``kind="pca"``) or 6 k-means clusters
+    (``kind="kmeans"``) for every timestep (rows) and block (columns)."""
     import matplotlib.pyplot as plt
 
     ts, bs = atlas.extractor.timesteps, atlas.extractor.blocks
@@ -48,10 +49,12 @@ def feature_grid(atlas: FeatureAtlas, tile: str):
         axes[r, 0].set_ylabel(f"t = {t}")
         axes[r, 0].set_xticks([]), axes[r, 0].set_yticks([])
         for c, b in enumerate(bs, start=1):
-            axes[r, c].imshow(atlas.pca(tile, t, b), interpolation="nearest")
+            pic = atlas.pca(tile, t, b) if kind == "pca" else atlas.clusters(tile, t, b)
+            axes[r, c].imshow(pic, cmap=None if kind == "pca" else "tab10", interpolation="nearest")
             axes[r, c].set_title(f"block {b}, t = {t}", fontsize=8)
             axes[r, c].axis("off")
-    fig.suptitle(f"{tile}: first three principal components of the DDPM decoder features")
+    what = "first three principal components" if kind == "pca" else "k-means clusters (k = 6, no labels)"
+    fig.suptitle(f"{tile}: {what} of the DDPM decoder features")
     fig.tight_layout()
     return fig
 
