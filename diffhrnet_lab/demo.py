@@ -21,7 +21,7 @@ import torch
 
 from .config import embedded_ddpm_dir, profile_config, replace, samples_dir
 from .data.datasets import find_pairs
-from .data.io import read_mask, read_tile
+from .data.io import BandStats, read_mask, read_tile
 from .data.labels import SAMPLES
 from .data.samples import generate_samples, verify_samples
 from .errors import DataError
@@ -73,7 +73,7 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path | None = No
     preds, scores_by = {}, {}
     for name, ckpt in models.items():
         model, meta = load_segmenter(ckpt)
-        ds = LabelledTiles(val_pairs, SAMPLES, stats=_stats(meta))
+        ds = LabelledTiles(val_pairs, SAMPLES, stats=BandStats.from_dict(meta["stats"]))
         from .metrics import scores as to_scores
 
         cm, p = validate(model, ds, base.train.eval_window, torch.device("cpu"))
@@ -93,12 +93,6 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path | None = No
     print("[demo] " + "  ".join(f"{n}: mIoU {100 * s.miou:.1f} %" for n, s in scores_by.items()))
     print(f"[demo] report: {out / 'report.md'}")
     return out / "report.md"
-
-
-def _stats(meta):
-    from .data.io import BandStats
-
-    return BandStats.from_dict(meta["stats"])
 
 
 def _report(profile, pairs, val_groups, scores_by, summaries, wall_s) -> str:

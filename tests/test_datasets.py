@@ -94,7 +94,7 @@ def test_find_pairs_reports_missing_masks_and_empty_folders(tmp_path, make_label
     with pytest.raises(DataError, match="no tiles found"):
         find_pairs(tmp_path / "empty")
     with pytest.raises(DataError, match="no mask folder"):
-        find_pairs(root.parent / "nothing", images=".") if False else find_pairs(_only_images(tmp_path))
+        find_pairs(_only_images(tmp_path))
 
 
 def _only_images(tmp_path):
@@ -140,8 +140,9 @@ def test_unlabelled_pool_crops_small_tiles_and_is_deterministic(tmp_path):
     items = [pool[i]["image"] for i in range(6)]
     assert all(x.shape == (4, 48, 48) for x in items)
     assert torch.equal(pool[3]["image"], items[3])
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no tiles found"):
-        UnlabelledPool(tmp_path / "nothing-here" if (tmp_path / "nothing-here").mkdir() is None else None)
+        UnlabelledPool(tmp_path / "empty")
 
 
 def test_embedded_samples_load(samples_dir):

@@ -88,8 +88,9 @@ def test_band_stats_uint8_full_range_and_uint16_percentiles(tmp_path):
     assert 1800 < s16.low[0] < 2500 and 3500 < s16.high[0] < 4200
     n = s16.normalise(u16)
     assert n.dtype == np.float32 and n.min() >= -1 and n.max() <= 1 and abs(float(n.mean())) < 0.1
-    np.testing.assert_allclose(s16.denormalise(s16.normalise(u16[:, :4, :4])), u16[:, :4, :4], atol=1e-1 + 1e-3 * 3000,
-                               rtol=0) if (u16[:, :4, :4] > s16.low[0]).all() and (u16[:, :4, :4] < s16.high[0]).all() else None
+    inside = u16[:, (u16 > s16.low[0] + 50).all(0) & (u16 < s16.high[0] - 50).all(0)]  # pixels not clipped in any band
+    assert inside.size > 100
+    np.testing.assert_allclose(s16.denormalise(s16.normalise(inside[:, None, :]))[:, 0], inside, rtol=1e-4)
     assert BandStats.from_dict(s16.to_dict()) == s16
 
 

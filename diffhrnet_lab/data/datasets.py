@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .io import TILE_SUFFIXES, BandStats, compute_band_stats, list_tiles, read_mask, read_tile
+from .io import TILE_SUFFIXES, BandStats, band_stats_of, list_tiles, read_mask, read_tile
 from .labels import LabelScheme, get_scheme
 
 MASK_DIR_NAMES = ("masks", "labels", "gt", "annotations")
@@ -190,22 +190,24 @@ class LabelledTiles(_Seeded):
             raise DataError("no labelled tiles given")
         self.scheme = get_scheme(scheme)
         self.pairs = list(pairs)
-        self.stats = stats or compute_band_stats([p.image for p in self.pairs], expected_bands=expected_bands)
         self.crop_size, self.augment, self.seed = crop_size, augment, seed
         self.samples_per_epoch = samples_per_epoch
-        self.images: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
+        raw, self.masks = [], []
+        bands = expected_bands or (stats.bands if stats else None)
         for p in self.pairs:
             if p.mask is None:
                 raise DataError(f"{p.image}: no mask")
-            tile = read_tile(p.image, expected_bands=expected_bands or self.stats.bands)
+            tile = read_tile(p.image, expected_bands=bands)
+            bands = tile.bands
             _check_not_nodata(tile.image, tile.nodata, p.image)
             mask = read_mask(p.mask, self.scheme)
             if mask.shape != tile.shape:
                 raise DataError(f"{p.image}: image is {tile.shape[1]}x{tile.shape[0]} (WxH) but its mask "
                                 f"{p.mask} is {mask.shape[1]}x{mask.shape[0]}")
-            self.images.append(self.stats.normalise(tile.image, str(p.image)))
+            raw.append(tile.image)
             self.masks.append(mask.astype(np.uint8))
+        self.stats = stats or band_stats_of((str(p.image), im) for p, im in zip(self.pairs, raw))
+        self.images = [self.stats.normalise(im, str(p.image)) for p, im in zip(self.pairs, raw)]
 
     def __len__(self) -> int:
         return self.samples_per_epoch or len(self.pairs)
@@ -239,14 +241,19 @@ class UnlabelledPool(_Seeded):
         if not paths:
             raise DataError("unlabelled pool is empty")
         self.paths = paths
-        self.stats = stats or compute_band_stats(paths, expected_bands=expected_bands)
         self.crop_size, self.augment, self.seed = crop_size, augment, seed
         self.samples_per_epoch = samples_per_epoch
-        self.images = []
+        raw = []
+        bands = expected_bands or (stats.bands if stats else None)
         for p in paths:
-            tile = read_tile(p, expected_bands=self.stats.bands)
+            tile = read_tile(p, expected_bands=bands)
+            bands = tile.bands
             _check_not_nodata(tile.image, tile.nodata, p)
-            img = self.stats.normalise(tile.image, str(p))
+            raw.append(tile.image)
+        self.stats = stats or band_stats_of((str(p), im) for p, im in zip(paths, raw))
+        self.images = []
+        for p, im in zip(paths, raw):
+            img = self.stats.normalise(im, str(p))
             ph, pw = max(0, crop_size - img.shape[1]), max(0, crop_size - img.shape[2])
             if ph or pw:
                 if ph >= img.shape[1] or pw >= img.shape[2]:

@@ -218,20 +218,34 @@ class BandStats:
 
 def compute_band_stats(paths: Iterable[str | os.PathLike], max_pixels_per_tile: int = 65536,
                        expected_bands: int | None = None) -> BandStats:
-    """Band statistics from a pixel sample of every tile (strided, so memory stays bounded).
+    """Band statistics of the tiles at ``paths``, read one at a time (see :func:`band_stats_of`)."""
+
+    def tiles():
+        bands = expected_bands
+        for p in paths:
+            tile = read_tile(p, expected_bands=bands)
+            bands = tile.bands
+            yield str(p), tile.image
+
+    return band_stats_of(tiles(), max_pixels_per_tile)
+
+
+def band_stats_of(images: Iterable[tuple[str, np.ndarray]], max_pixels_per_tile: int = 65536) -> BandStats:
+    """Band statistics from a strided pixel sample of each ``(source, (C, H, W) image)``.
 
     uint8 tiles keep the full ``[0, 255]`` range; other dtypes use robust percentiles.  All tiles
     must share band count and dtype: mixing them is almost always a mistake in the folder.
+    Datasets that already hold their tiles in memory pass them here instead of reading them twice.
     """
     samples: list[np.ndarray] = []
-    dtype = None
-    bands = expected_bands
-    for p in paths:
-        tile = read_tile(p, expected_bands=bands)
-        if dtype is not None and tile.image.dtype != dtype:
-            raise DataError(f"{p}: dtype {tile.image.dtype} differs from the other tiles' {dtype}")
-        dtype, bands = tile.image.dtype, tile.bands
-        flat = tile.image.reshape(tile.bands, -1)
+    dtype = bands = None
+    for source, image in images:
+        if dtype is not None and image.dtype != dtype:
+            raise DataError(f"{source}: dtype {image.dtype} differs from the other tiles' {dtype}")
+        if bands is not None and image.shape[0] != bands:
+            raise DataError(f"{source}: has {image.shape[0]} band(s), expected {bands}")
+        dtype, bands = image.dtype, image.shape[0]
+        flat = image.reshape(bands, -1)
         step = max(1, flat.shape[1] // max_pixels_per_tile)
         samples.append(flat[:, ::step].astype(np.float64))
     if not samples:

@@ -76,6 +76,7 @@ class FeatureExtractor:
         self.info = {d["block"]: d for d in decoder_blocks(unet)}
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._checkpoint_id = checkpoint_id
+        self._noise: dict[tuple[int, int, int], torch.Tensor] = {}
 
     @classmethod
     def from_bundle(cls, bundle: DDPMBundle, timesteps: Sequence[int], blocks: Sequence[int], **kw) -> "FeatureExtractor":
@@ -99,9 +100,14 @@ class FeatureExtractor:
 
     # -- the shared noise -----------------------------------------------------------------------
     def noise(self, channels: int, h: int, w: int) -> torch.Tensor:
-        """ε for an image of this (padded) size, the same for every image and every call."""
-        g = torch.Generator().manual_seed(self.noise_seed)
-        return torch.randn((channels, h, w), generator=g)
+        """ε for an image of this (padded) size, the same for every image and every call.
+
+        Drawn once per size and kept: training asks for it on every batch."""
+        key = (channels, h, w)
+        if key not in self._noise:
+            g = torch.Generator().manual_seed(self.noise_seed)
+            self._noise[key] = torch.randn(key, generator=g)
+        return self._noise[key]
 
     def _prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         if images.ndim != 4:
