@@ -95,7 +95,8 @@ def apply_overrides(cfg, pairs: list[str]):
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
-            raise ConfigError(f"--set {item!r}: no section '{section}'; sections: data, ddpm, features, model, train")
+            raise ConfigError(f"--set {item!r}: no section '{section}'; sections: data, ddpm, features, model, train, "
+                              "label_efficiency")
         sec = getattr(cfg, section)
         fields = {f.name: f for f in dataclasses.fields(sec)}
         if name not in fields:
@@ -149,6 +150,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"no masks in {args.data}: wrote predictions only ({r['tiles']} tile(s)); no metrics computed")
     print(f"predictions (GeoTIFF + PNG): {r['predictions']}")
+    return 0
+
+
+def _cmd_label_efficiency(args: argparse.Namespace) -> int:
+    from .config import dubai_dir, replace
+    from .label_efficiency import label_efficiency
+
+    data = args.data or dubai_dir()
+    if data is None:
+        raise ConfigError("no data: pass --data DIR (images/ + labels/ per scene) or set DHL_DUBAI_DIR")
+    cfg = _profile_cfg(args)
+    cfg.data = replace(cfg.data, scheme=args.scheme)
+    cfg = apply_overrides(cfg, args.set)
+    label_efficiency(data, args.out, cfg, ddpm=args.ddpm)
+    print(f"[label-efficiency] table: {Path(args.out) / 'table.md'}; plot: {Path(args.out) / 'label_efficiency.png'}")
     return 0
 
 
@@ -239,6 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--notebook", type=Path, default=Path("notebooks/experiment.ipynb"))
     s.add_argument("--results", type=Path, default=Path("results"))
     s.set_defaults(func=_cmd_sweep)
+
+    s = sub.add_parser("label-efficiency", help="few-label comparison on real scenes (DDPM on all images, "
+                       "1/2/3 labelled scenes, one held out, several seeds)")
+    s.add_argument("--data", type=Path, default=None, help="labelled dataset with scene sub-folders (default: $DHL_DUBAI_DIR)")
+    s.add_argument("--scheme", default="dubai")
+    s.add_argument("--profile", default=None, help="smoke, quick (~40 min on a 2-core CPU) or full (GPU)")
+    s.add_argument("--out", type=Path, default=Path("runs/label_efficiency"))
+    s.add_argument("--ddpm", type=Path, default=None, help="use this DDPM bundle instead of pretraining one")
+    s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="any config field, e.g. label_efficiency.seeds=0,1 or label_efficiency.held_out=Tile_2")
+    s.set_defaults(func=_cmd_label_efficiency)
 
     s = sub.add_parser("bench", help="benchmarks that print figures and ratios")
     s.add_argument("what", choices=["features"])

@@ -64,6 +64,7 @@ class DataConfig:
     val_groups: tuple[str, ...] | None = None
     val_fraction: float = 0.2
     label_budget: int | float | None = None
+    max_per_group: int = 0  # >0: only the first N tiles of each scene (smoke runs on real data)
     seed: int = 0
 
     def resolved_root(self) -> Path:
@@ -104,6 +105,9 @@ class FeatureConfig:
     blocks: tuple[int, ...] = (0, 1)
     noise_seed: int = 0
     upsample: bool = False
+    cache: bool = False  # fine-tuning: compute each tile's features once and crop them with the image
+    cache_dir: str = ""  # keep those features on disk, shared by every run with the same DDPM
+    cache_window: int = 128  # window of the tiled whole-tile extraction
 
 
 @dataclass
@@ -130,12 +134,29 @@ class TrainConfig:
     warmup_steps: int = 20
     class_weights: str = "none"  # none | inverse_sqrt (of class pixel frequency)
     eval_every: int = 100
-    eval_window: int = 128
+    eval_window: int = 128  # 0: whole tiles in one forward pass
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     mixed_precision: str = "auto"
     num_workers: int = 0
     seed: int = 0
+
+
+@dataclass
+class LabelEfficiencyConfig:
+    """The few-label experiment (issue: does the DDPM help when labels are scarce?).
+
+    On a dataset of scenes (Dubai: ``Tile_1`` ... ``Tile_4``): pretrain the DDPM on *all* images as
+    unlabelled data, hold one scene out for validation, fine-tune on 1, 2, 3 labelled scenes with
+    each method and seed.  Steps of 0 mean the profile's ``ddpm.steps`` / ``train.steps``.
+    """
+
+    held_out: str = "Tile_1"
+    budgets: tuple[int, ...] = (1, 2, 3)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = ("hrnet", "ddpm_mlp", "late", "multistage")
+    ddpm_steps: int = 0
+    train_steps: int = 0
 
 
 @dataclass
@@ -148,14 +169,17 @@ class ProfileConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    label_efficiency: LabelEfficiencyConfig = field(default_factory=LabelEfficiencyConfig)
 
 
 _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {"data": {"crop_size": 64, "batch_size": 2},
               "train": {"steps": 6, "eval_every": 3, "eval_window": 64, "checkpoint_every": 3, "warmup_steps": 1},
               "ddpm": {"steps": 4, "batch_size": 4, "sample_size": 32, "warmup_steps": 1, "log_every": 1,
-                       "sample_every": 4, "checkpoint_every": 2}},
-    "quick": {"data": {"crop_size": 96, "batch_size": 4}, "train": {"steps": 300}},  # the rest: dataclass defaults
+                       "sample_every": 4, "checkpoint_every": 2},
+              "label_efficiency": {"budgets": (1,), "seeds": (0,), "train_steps": 2}},
+    "quick": {"data": {"crop_size": 96, "batch_size": 4}, "train": {"steps": 300},  # the rest: dataclass defaults
+              "label_efficiency": {"ddpm_steps": 600, "train_steps": 150}},
     "full": {"data": {"crop_size": 512, "batch_size": 16},
              "model": {"variant": "w48"},
              "train": {"steps": 80_000, "lr": 1e-3, "eval_every": 4000, "eval_window": 512, "checkpoint_every": 2000,

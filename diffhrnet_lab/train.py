@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import FeatureConfig, ModelConfig, ProfileConfig, embedded_ddpm_dir
-from .data.datasets import LabelledTiles, find_pairs, label_budget, split_by_group
+from .data.datasets import LabelledTiles, find_pairs, first_per_group, label_budget, split_by_group
 from .data.io import BandStats, compute_band_stats, list_tiles, read_mask, read_tile
 from .data.labels import get_scheme
 from .data.tiling import predict_sliding, write_prediction
@@ -162,7 +162,12 @@ def validate(model: nn.Module, ds: LabelledTiles, window: int, device, progress:
     preds = []
     for i in tqdm(range(len(ds.pairs)), desc="validating", disable=not progress, leave=False):
         img = torch.from_numpy(ds.images[i]).to(device)
-        logits = predict_sliding(lambda b: model(b), img, window=window, overlap=0.25)
+        if ds.features is not None:
+            logits = model(img[None], [f[None].to(device) for f in ds.features[i]])[0]
+        elif window == 0:
+            logits = model(img[None])[0]
+        else:
+            logits = predict_sliding(lambda b: model(b), img, window=window, overlap=0.25)
         pred = logits.argmax(0).cpu()
         cm += confusion_matrix(pred, torch.from_numpy(ds.masks[i].astype(np.int64)), k, ds.scheme.ignore_index)
         preds.append(pred.numpy().astype(np.uint8))
@@ -176,10 +181,12 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     dc, mc, tc, fc = cfg.data, cfg.model, cfg.train, cfg.features
     if mc.method not in METHODS:
         raise ConfigError(f"unknown method '{mc.method}'; choose one of {', '.join(METHODS)}")
+    if fc.cache and mc.finetune_ddpm:
+        raise ConfigError("features.cache needs a frozen DDPM: cached features cannot follow a DDPM being fine-tuned")
     accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision), split_batches=True)
     main = accelerator.is_main_process
     scheme = get_scheme(dc.scheme)
-    pairs = find_pairs(dc.resolved_root())
+    pairs = first_per_group(find_pairs(dc.resolved_root()), dc.max_per_group)
     train_pairs, val_pairs = split_by_group(pairs, dc.val_groups, dc.val_fraction, seed=dc.seed)
     train_pairs = label_budget(train_pairs, dc.label_budget, seed=dc.seed)
     bundle = load_bundle(_ddpm_dir(fc)) if mc.method != "hrnet" else None
@@ -190,6 +197,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     val_ds = LabelledTiles(val_pairs, scheme, stats)
     set_seed(tc.seed)
     model = build_segmenter(mc, fc, scheme.num_classes, stats.bands, bundle)
+    if fc.cache and mc.method != "hrnet":
+        _attach_cached_features(model.extractor, fc, (train_ds, val_ds), progress and main)
     if mc.init_timm:
         model.backbone.load_state_dict(convert_timm_state_dict(load_tensors(Path(mc.init_timm)), model.backbone))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -232,7 +241,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
             for g in optimizer.param_groups:
                 g["lr"] = poly_lr(step, tc)
             with accelerator.autocast():
-                logits = model(batch["image"])
+                logits = model(batch["image"], batch.get("streams"))
             loss = F.cross_entropy(logits.float(), batch["mask"], weight=weights, ignore_index=scheme.ignore_index)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1}; last good checkpoint: "
@@ -269,6 +278,19 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         _write_history(out / "history.csv", history)
         atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _attach_cached_features(fx: FeatureExtractor, fc: FeatureConfig, datasets, progress: bool) -> None:
+    """The feature cache: each tile's DDPM features computed once (tiled, blended), then cropped
+    with the image for training and used whole for validation.  Training no longer runs the DDPM,
+    which on a CPU is most of a Diff-HRNet step."""
+    from .ddpm.features import tile_features
+
+    fx.cache_dir = Path(fc.cache_dir) if fc.cache_dir else None
+    strides = [fx.info[b]["stride"] for _, b in fx.keys]
+    for ds in datasets:
+        items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
+        ds.attach_features(tile_features(fx, items, window=fc.cache_window, progress=progress), strides)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

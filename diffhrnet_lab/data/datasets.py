@@ -127,6 +127,19 @@ def label_budget(pairs: Sequence[Pair], budget: int | float | None, seed: int = 
     return [p for p in pairs if p.group in keep]
 
 
+def first_per_group(pairs: Sequence[Pair], n: int) -> list[Pair]:
+    """The first ``n`` tiles (by id) of every scene; ``n <= 0`` keeps all."""
+    if n <= 0:
+        return list(pairs)
+    kept: dict[str, int] = {}
+    out = []
+    for p in sorted(pairs, key=lambda q: q.id):
+        if kept.get(p.group, 0) < n:
+            kept[p.group] = kept.get(p.group, 0) + 1
+            out.append(p)
+    return out
+
+
 # -- augmentation ------------------------------------------------------------------------------
 def random_crop_d4(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop: int | None,
                    augment: bool, pad_values: Sequence[float]) -> list[np.ndarray]:
@@ -153,6 +166,41 @@ def random_crop_d4(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop:
         if flip:
             out = [a[..., ::-1] for a in out]
     return [np.ascontiguousarray(a) for a in out]
+
+
+def aligned_crop_d4(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, streams: Sequence[torch.Tensor],
+                    strides: Sequence[int], crop: int, augment: bool, ignore_index: int
+                    ) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
+    """:func:`random_crop_d4` for a tile whose DDPM features were computed once (the feature cache).
+
+    The crop offset is a multiple of the coarsest feature stride, so each feature map is cropped
+    at exactly the pixels under the image crop; the same dihedral transform then turns image,
+    mask and features alike.
+    """
+    align = max(strides)
+    if crop % align:
+        raise DataError(f"crop size {crop} must be a multiple of the coarsest feature stride {align}")
+    h, w = image.shape[-2:]
+    ph, pw = max(0, crop - h), max(0, crop - w)
+    if ph or pw:
+        image = np.pad(image, ((0, 0), (0, ph), (0, pw)))
+        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=ignore_index)
+        h, w = image.shape[-2:]
+    y = align * int(rng.integers(0, (h - crop) // align + 1))
+    x = align * int(rng.integers(0, (w - crop) // align + 1))
+    image, mask = image[:, y:y + crop, x:x + crop], mask[y:y + crop, x:x + crop]
+    feats = []
+    for f, s in zip(streams, strides):
+        fc = f[:, y // s:(y + crop) // s, x // s:(x + crop) // s].float()
+        fh, fw = crop // s - fc.shape[-2], crop // s - fc.shape[-1]
+        feats.append(torch.nn.functional.pad(fc, (0, fw, 0, fh)) if fh or fw else fc)
+    if augment:
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        image, mask = np.rot90(image, k, axes=(-2, -1)), np.rot90(mask, k, axes=(-2, -1))
+        feats = [torch.rot90(f, k, dims=(-2, -1)) for f in feats]
+        if flip:
+            image, mask, feats = image[..., ::-1], mask[..., ::-1], [f.flip(-1) for f in feats]
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask), [f.contiguous() for f in feats]
 
 
 class _Seeded(Dataset):
@@ -208,12 +256,26 @@ class LabelledTiles(_Seeded):
             self.masks.append(mask.astype(np.uint8))
         self.stats = stats or band_stats_of((str(p.image), im) for p, im in zip(self.pairs, raw))
         self.images = [self.stats.normalise(im, str(p.image)) for p, im in zip(self.pairs, raw)]
+        self.features: list[list[torch.Tensor]] | None = None
+        self.strides: list[int] = []
+
+    def attach_features(self, features: list[list[torch.Tensor]], strides: Sequence[int]) -> None:
+        """Use precomputed whole-tile DDPM features (one list of streams per tile): items then carry
+        ``streams``, cropped and transformed with the image (see :func:`aligned_crop_d4`)."""
+        if len(features) != len(self.pairs):
+            raise DataError(f"features for {len(features)} tile(s) but the dataset has {len(self.pairs)}")
+        self.features, self.strides = features, list(strides)
 
     def __len__(self) -> int:
         return self.samples_per_epoch or len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
         i = index % len(self.pairs)
+        if self.features is not None and self.crop_size is not None:
+            image, mask, streams = aligned_crop_d4(self._rng(index), self.images[i], self.masks[i], self.features[i],
+                                                   self.strides, self.crop_size, self.augment, self.scheme.ignore_index)
+            return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask.astype(np.int64)),
+                    "streams": streams, "id": self.pairs[i].id}
         image, mask = random_crop_d4(self._rng(index), [self.images[i], self.masks[i]], self.crop_size,
                                      self.augment, pad_values=[0.0, self.scheme.ignore_index])
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask.astype(np.int64)),

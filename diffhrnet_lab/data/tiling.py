@@ -30,12 +30,14 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-def blend_weights(window: int, floor: float = 1e-2) -> torch.Tensor:
-    """Separable triangular ramp: 1 at the centre, ``floor`` at the border (never 0)."""
-    r = torch.arange(window, dtype=torch.float32)
-    ramp = 1.0 - (r - (window - 1) / 2).abs() / (window / 2)
-    ramp = ramp.clamp_min(floor)
-    return ramp[:, None] * ramp[None, :]
+def blend_weights(window: int, width: int | None = None, floor: float = 1e-2) -> torch.Tensor:
+    """Separable triangular ramp over ``window x (width or window)``: 1 at the centre, ``floor`` at
+    the border (never 0)."""
+    def ramp(n: int) -> torch.Tensor:
+        r = torch.arange(n, dtype=torch.float32)
+        return (1.0 - (r - (n - 1) / 2).abs() / (n / 2)).clamp_min(floor)
+
+    return ramp(window)[:, None] * ramp(width or window)[None, :]
 
 
 @torch.inference_mode()

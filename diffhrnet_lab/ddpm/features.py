@@ -183,6 +183,49 @@ class FeatureExtractor:
                 out[i] = sample
         return out
 
+    @torch.inference_mode()
+    def compute_tiled(self, image: torch.Tensor, window: int = 128, overlap: float = 0.25,
+                      batch_size: int = 8) -> dict[FeatureKey, torch.Tensor]:
+        """Features of one whole tile ``(C, H, W)``, computed in overlapping windows and blended.
+
+        A tile's features are computed once and cropped for every training crop and for
+        validation (the feature cache): the DDPM sees windows of the size it was trained near, its
+        attention stays small, and window seams are blended away as in sliding-window inference.
+        Windows start on multiples of the U-Net stride, so every window's feature grid lies on the
+        tile's.  Returns ``{(t, b): (C_b, ceil(H/s_b), ceil(W/s_b))}``.
+        """
+        from ..data.tiling import blend_weights, window_starts
+
+        if self.upsample:
+            raise ConfigError("compute_tiled returns features at block resolution; use upsample=False")
+        s = self.stride
+        window = max(s, window - window % s)
+        padded, h, w = self._prepare(image[None])
+        H, W = padded.shape[-2:]
+        wy, wx = min(window, H), min(window, W)  # a tile smaller than the window is one window
+        step = max(s, int(round(window * (1 - overlap))) // s * s)
+        boxes = [(y, x) for y in window_starts(H, wy, step) for x in window_starts(W, wx, step)]
+        acc: dict[FeatureKey, torch.Tensor] = {}
+        norm: dict[int, torch.Tensor] = {}
+        for i in range(0, len(boxes), batch_size):
+            chunk = boxes[i:i + batch_size]
+            feats = self.compute(torch.stack([padded[0, :, y:y + wy, x:x + wx] for y, x in chunk]))
+            for key, f in feats.items():
+                bs = self.info[key[1]]["stride"]
+                if key not in acc:
+                    acc[key] = torch.zeros((f.shape[1], H // bs, W // bs))
+                wgt = blend_weights(wy // bs, wx // bs)
+                for (y, x), fi in zip(chunk, f):
+                    acc[key][:, y // bs:(y + wy) // bs, x // bs:(x + wx) // bs] += fi.float().cpu() * wgt
+                    if key[0] == self.timesteps[0]:
+                        n = norm.setdefault(key[1], torch.zeros((H // bs, W // bs)))
+                        n[y // bs:(y + wy) // bs, x // bs:(x + wx) // bs] += wgt
+        out = {}
+        for (t, b), a in acc.items():
+            bs = self.info[b]["stride"]
+            out[(t, b)] = (a / norm[b])[:, : math.ceil(h / bs), : math.ceil(w / bs)]
+        return out
+
     # -- the naive way, for tests and benchmarks ------------------------------------------------
     @torch.inference_mode()
     def naive(self, images: torch.Tensor) -> dict[FeatureKey, torch.Tensor]:
@@ -241,6 +284,29 @@ class FeatureExtractor:
         for batch in tqdm(batches, desc="DDPM features", disable=not progress):
             ids = list(batch["id"])
             yield ids, self.extract(batch["image"], ids)
+
+
+def tile_features(fx: FeatureExtractor, items: Sequence[tuple[str, torch.Tensor]], window: int = 128,
+                  progress: bool = False) -> list[list[torch.Tensor]]:
+    """Whole-tile features (:meth:`FeatureExtractor.compute_tiled`) of ``(id, image)`` items, as
+    float16 streams in ``fx.keys`` order; served from and written to ``fx.cache_dir`` when set, so
+    runs that share a DDPM (seeds, label budgets, fusion variants) compute them once."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for image_id, image in tqdm(items, desc="DDPM tile features", disable=not progress, leave=False):
+        path = None
+        if fx.cache_dir is not None:
+            safe = image_id.replace("/", "__").replace("\\", "__")
+            path = fx.cache_dir / fx.cache_key() / f"tiled{window}" / f"{safe}.safetensors"
+        cached = load_tensors(path) if path is not None and path.is_file() else None
+        if cached is None or any(f"{t}_{b}" not in cached for t, b in fx.keys):
+            feats = fx.compute_tiled(image, window=window)
+            cached = {f"{t}_{b}": v.half().contiguous() for (t, b), v in feats.items()}
+            if path is not None:
+                _atomic_save(path, cached)
+        out.append([cached[f"{t}_{b}"] for t, b in fx.keys])
+    return out
 
 
 def _atomic_save(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -140,11 +140,22 @@ class DiffHRNet(nn.Module):
             feats = self.extractor.compute(x)
         return [feats[k] for k in self.extractor.keys]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def cached_streams(self, streams: Sequence[torch.Tensor], padded: torch.Size) -> list[torch.Tensor]:
+        """Precomputed streams (the feature cache), padded like the input was to a multiple of 32."""
+        out = []
+        for (t, b), f in zip(self.extractor.keys, streams):
+            s = self.extractor.info[b]["stride"]
+            ph, pw = padded[0] // s - f.shape[-2], padded[1] // s - f.shape[-1]
+            out.append(F.pad(f.float(), (0, pw, 0, ph), mode="replicate") if ph > 0 or pw > 0 else f.float())
+        return out
+
+    def forward(self, x: torch.Tensor, streams: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``streams``: the extractor's features of ``x`` computed beforehand (one per key, at block
+        resolution); without them they are computed here."""
         xp, h, w = pad_to(x, 32)
         fuse = None
         if self.stages:
-            streams = self.ddpm_streams(xp)
+            streams = self.ddpm_streams(xp) if streams is None else self.cached_streams(streams, xp.shape[-2:])
 
             def fuse(stage: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
                 if stage not in self.stages:
@@ -185,11 +196,13 @@ class DDPMPixelClassifier(nn.Module):
         )
         self.stages = ()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(self.finetune_ddpm and torch.is_grad_enabled()):
-            feats = self.extractor.compute(x)
+    def forward(self, x: torch.Tensor, streams: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        if streams is None:
+            with torch.set_grad_enabled(self.finetune_ddpm and torch.is_grad_enabled()):
+                feats = self.extractor.compute(x)
+            streams = [feats[k] for k in self.extractor.keys]
         size = x.shape[-2:]
-        up = [F.interpolate(feats[k], size=size, mode="bilinear", align_corners=False) for k in self.extractor.keys]
+        up = [F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False) for f in streams]
         return self.mlp(torch.cat(up, 1))
 
     trainable_state_dict = DiffHRNet.trainable_state_dict
