@@ -153,6 +153,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_features(args: argparse.Namespace) -> int:
+    from .config import replace
+    from .ddpm.archive import extract_archive
+
+    cfg = apply_overrides(_profile_cfg(args), args.set)
+    fc = replace(cfg.features, checkpoint=str(args.ddpm)) if args.ddpm else cfg.features
+    m = extract_archive(args.data, args.cache, fc)
+    print(f"[features] {m['tiles']} tile(s) by {m['processes']} process(es) → {m['cache']}")
+    return 0
+
+
 def _cmd_label_efficiency(args: argparse.Namespace) -> int:
     from .config import dubai_dir, replace
     from .label_efficiency import label_efficiency
@@ -256,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", type=Path, default=Path("results"))
     s.set_defaults(func=_cmd_sweep)
 
+    s = sub.add_parser("features", help="whole-tile DDPM features of an archive into the feature cache "
+                       "(shards across processes under `accelerate launch`)")
+    s.add_argument("--data", type=Path, required=True, help="folder of tiles, or a dataset with images/")
+    s.add_argument("--cache", type=Path, required=True, help="the cache folder (features.cache_dir when fine-tuning)")
+    s.add_argument("--ddpm", type=Path, default=None, help="DDPM bundle (default: the embedded tiny one)")
+    s.add_argument("--profile", default=None)
+    s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="e.g. features.timesteps=50,150")
+    s.set_defaults(func=_cmd_features)
+
     s = sub.add_parser("label-efficiency", help="few-label comparison on real scenes (DDPM on all images, "
                        "1/2/3 labelled scenes, one held out, several seeds)")
     s.add_argument("--data", type=Path, default=None, help="labelled dataset with scene sub-folders (default: $DHL_DUBAI_DIR)")
@@ -291,6 +311,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Under ``accelerate launch`` close the process group before exiting: gloo aborts a process
+    that exits with it still open ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

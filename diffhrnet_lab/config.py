@@ -120,6 +120,7 @@ class ModelConfig:
     stages: str = "multistage"  # none | late | multistage | e.g. "2 4"
     fusion: str = "gated"  # concat | add | gated
     finetune_ddpm: bool = False
+    head_dropout: float = 0.1  # HRNetV2 head (mmseg's dropout_ratio); 0 for runs that must match across process counts
     init_timm: str = ""  # optional timm hrnet_* weights (.safetensors) to start the backbone from
 
 
@@ -138,6 +139,9 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     mixed_precision: str = "auto"
+    sync_bn: bool = True  # several GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
+    norm_eval: bool = False  # BatchNorm uses its running statistics (mmseg's norm_eval): for tiny per-device
+    #                          batches or a pretrained backbone; makes results independent of the process count
     num_workers: int = 0
     seed: int = 0
 

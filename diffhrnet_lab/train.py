@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -40,7 +39,7 @@ from .data.tiling import predict_sliding, write_prediction
 from .ddpm.checkpoints import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, resolve_resume,
                                save_checkpoint, save_tensors)
 from .ddpm.features import FeatureExtractor, file_hash
-from .ddpm.pretrain import TrainingDiverged, _mixed_precision, epoch_loader
+from .ddpm.pretrain import TrainingDiverged, epoch_loader, make_accelerator
 from .ddpm.unet import load_bundle
 from .errors import ConfigError, DataError
 from .fileio import atomic_dir, atomic_write_json, check_writable
@@ -61,7 +60,7 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
     if model.method not in METHODS:
         raise ConfigError(f"unknown method '{model.method}'; choose one of {', '.join(METHODS)}")
     if model.method == "hrnet":
-        return DiffHRNet(num_classes, bands, model.variant, extractor=None)
+        return DiffHRNet(num_classes, bands, model.variant, extractor=None, head_dropout=model.head_dropout)
     if bundle is None:
         raise ConfigError(f"method '{model.method}' needs a DDPM bundle")
     if bundle.bands != bands:
@@ -70,7 +69,7 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
     if model.method == "ddpm_mlp":
         return DDPMPixelClassifier(num_classes, fx, finetune_ddpm=model.finetune_ddpm)
     return DiffHRNet(num_classes, bands, model.variant, extractor=fx, stages=model.stages, fusion=model.fusion,
-                     finetune_ddpm=model.finetune_ddpm)
+                     finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout)
 
 
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -183,7 +182,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         raise ConfigError(f"unknown method '{mc.method}'; choose one of {', '.join(METHODS)}")
     if fc.cache and mc.finetune_ddpm:
         raise ConfigError("features.cache needs a frozen DDPM: cached features cannot follow a DDPM being fine-tuned")
-    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision), split_batches=True)
+    accelerator = make_accelerator(tc.mixed_precision)
     main = accelerator.is_main_process
     scheme = get_scheme(dc.scheme)
     pairs = first_per_group(find_pairs(dc.resolved_root()), dc.max_per_group)
@@ -219,6 +218,19 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         step, best, history = _load_train_state(start, model, optimizer, cfg)
         if main:
             print(f"[finetune] resumed from {start} at step {step}")
+    if main:
+        print(f"[finetune] {accelerator.num_processes} process(es) on {accelerator.device.type}, global batch "
+              f"{dc.batch_size}, mixed precision {accelerator.mixed_precision}")
+    if dc.batch_size % accelerator.num_processes:
+        raise ConfigError(f"data.batch_size {dc.batch_size} must divide by the {accelerator.num_processes} processes "
+                          "(it is the global batch, split across them)")
+    if accelerator.num_processes > 1 and not tc.norm_eval:
+        if tc.sync_bn and accelerator.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif main:
+            print(f"[finetune] note: {accelerator.num_processes} processes on {accelerator.device.type}: BatchNorm "
+                  "statistics are per process (SyncBatchNorm needs GPUs); set train.norm_eval=true for results "
+                  "independent of the process count")
     model, optimizer = accelerator.prepare(model, optimizer)
     if weights is not None:
         weights = weights.to(accelerator.device)
@@ -230,13 +242,13 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
 
     def evaluate_now() -> dict:
         cm, _ = validate(accelerator.unwrap_model(model), val_ds, tc.eval_window, accelerator.device)
-        model.train()
+        train_mode(model, tc.norm_eval)
         return scores(cm, list(scheme.classes)).as_dict()
 
     while step < end:
         epoch, offset = divmod(step, steps_per_epoch)
         loader = epoch_loader(accelerator, train_ds, dc.batch_size, tc.seed, epoch, offset, tc.num_workers)
-        model.train()
+        train_mode(model, tc.norm_eval)
         for batch in loader:
             for g in optimizer.param_groups:
                 g["lr"] = poly_lr(step, tc)
@@ -250,7 +262,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            row = {"step": step, "loss": loss.item(), "seconds": round(time.time() - t0, 1)}
+            row = {"step": step, "loss": accelerator.gather(loss.detach()[None]).mean().item(),
+                   "seconds": round(time.time() - t0, 1)}
             bar.update(1)
             recent = [r["loss"] for r in history[-9:]] + [row["loss"]]
             bar.set_postfix(loss=f"{np.mean(recent):.3f}", best=f"{max(best['miou'], 0):.3f}")
@@ -278,6 +291,16 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         _write_history(out / "history.csv", history)
         atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def train_mode(model: nn.Module, norm_eval: bool = False) -> None:
+    """``model.train()``; with ``norm_eval`` every BatchNorm stays in eval mode (running statistics,
+    frozen), so each sample is normalised alone and a batch split across processes changes nothing."""
+    model.train()
+    if norm_eval:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def _attach_cached_features(fx: FeatureExtractor, fc: FeatureConfig, datasets, progress: bool) -> None:

@@ -11,12 +11,15 @@ update's largest size at lr = 3e-4, far below any real divergence.
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -25,15 +28,29 @@ if not ACCELERATE.exists():
     pytest.skip("accelerate's launcher is not installed beside this Python", allow_module_level=True)
 
 
-def _run(out: Path, processes: int, *extra: str) -> None:
-    cli = ["-m", "diffhrnet_lab.cli", "pretrain", "--profile", "smoke", "--out", str(out), "--steps", "4", *extra]
+def _launch(processes: int, *args: str) -> str:
+    """Run ``python *args`` alone or as ``processes`` CPU processes under ``accelerate launch``; return stdout.
+
+    ``accelerate launch --cpu --num_processes 2`` starts ONE process unless MPI is set up; torchrun's
+    launcher (``--multi_gpu``) with ``ACCELERATE_USE_CPU=true`` starts real gloo processes.  Each run
+    must report a world of that size, or the test would compare a run with itself.
+    """
+    env = dict(os.environ)
     if processes == 1:
-        cmd = [sys.executable, *cli]
+        cmd = [sys.executable, *args]
     else:
-        cmd = [str(ACCELERATE), "launch", "--cpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", *cli]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        env["ACCELERATE_USE_CPU"] = "true"
+        cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f" {processes} process(es) on cpu" in r.stdout, (r.stdout + r.stderr)[-2000:]
+    return r.stdout
+
+
+def _run(out: Path, processes: int, *extra: str) -> None:
+    _launch(processes, "-m", "diffhrnet_lab.cli", "pretrain", "--profile", "smoke", "--out", str(out), "--steps", "4",
+            *extra)
 
 
 def _weights(run: Path, step: int = 4):
@@ -62,3 +79,90 @@ def test_two_process_pretraining_matches_one_process_and_resumes(tmp_path):
     assert max((b[k] - c[k]).abs().max().item() for k in b) < 1e-6
     assert len(_log(tmp_path / "resumed")) == 4
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_pool_is_sharded_no_tile_twice_per_epoch_and_same_batches_as_one_process(tmp_path):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    _launch(1, str(Path(__file__).with_name("shard_probe.py")), str(one))
+    _launch(2, str(Path(__file__).with_name("shard_probe.py")), str(two))
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    n_tiles = len(list((Path(__file__).parents[1] / "data_samples" / "unlabelled").glob("*.tif")))
+    for epoch in (0, 1):
+        ids = [r[3] for r in b if r[0] == epoch]
+        assert len(ids) == len(set(ids)) == n_tiles  # every tile once per epoch, none twice
+        per_proc = [{r[3] for r in b if r[0] == epoch and r[2] == p} for p in (0, 1)]
+        assert not per_proc[0] & per_proc[1] and len(per_proc[0]) == len(per_proc[1]) == n_tiles // 2
+        for batch in {r[1] for r in a if r[0] == epoch}:  # the two halves make up the 1-process batch
+            assert sorted(r[3] for r in b if r[:2] == [epoch, batch]) == sorted(r[3] for r in a if r[:2] == [epoch, batch])
+    assert [r[3] for r in a if r[0] == 0] != [r[3] for r in a if r[0] == 1]  # a new order each epoch
+
+
+FINETUNE = ["-m", "diffhrnet_lab.cli", "finetune", "--profile", "smoke", "--method", "diffhrnet", "--stages", "late",
+            "--fusion", "concat", "--set", "train.norm_eval=true", "--set", "train.steps=4", "--set", "train.eval_every=2",
+            "--set", "train.checkpoint_every=2", "--set", "data.batch_size=4", "--set", "features.cache=true",
+            "--set", "model.head_dropout=0"]
+
+
+def _model(run: Path, which: str = "last"):
+    return load_file(str(run / which / "model.safetensors"))
+
+
+def test_two_process_finetuning_matches_one_process_and_resumes(tmp_path):
+    """Three things make a sample's output depend on its batch, and the run switches each off:
+    BatchNorm statistics (``train.norm_eval``: every sample normalised alone; on GPUs SyncBatchNorm
+    pools the statistics instead), the head's dropout masks (drawn per process, so the same sample
+    gets another mask when the batch is split: ``model.head_dropout=0``), and the DDPM features,
+    whose convolutions round differently at another batch size (~1e-6) and which an un-normalised
+    network amplifies (``features.cache``: computed per tile, identical in both runs).
+
+    What is left is the float summation order of the gradient all-reduce (~1e-7 relative).  Adam
+    divides each gradient by its own running size, so for the few weights whose gradient is ~0 that
+    noise can flip the sign of a whole update (lr): no weight may differ by more than 2·lr per step,
+    and almost all must agree to 1e-4.  A broken split (a process seeing the whole batch, or other
+    samples) changes the step-1 loss by percents and most weights by ~lr: this test catches it."""
+    _launch(1, *FINETUNE, "--out", str(tmp_path / "one"))
+    out2 = _launch(2, *FINETUNE, "--out", str(tmp_path / "two"))
+    a, b = _model(tmp_path / "one"), _model(tmp_path / "two")
+    assert set(a) == set(b)
+    diff = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
+    lr, steps = 2e-3, 4  # the smoke profile's train.lr
+    assert diff.max().item() <= 2 * lr * steps
+    assert (diff > 1e-4).float().mean().item() < 0.01
+    h1 = list(csv.DictReader(open(tmp_path / "one" / "history.csv")))
+    h2 = list(csv.DictReader(open(tmp_path / "two" / "history.csv")))
+    assert len(h1) == len(h2) == 4  # the main process alone writes the history
+    for r1, r2 in zip(h1, h2):
+        assert abs(float(r1["loss"]) - float(r2["loss"])) <= 1e-3 * max(1.0, float(r1["loss"]))
+        assert r1["val_miou"] == r2["val_miou"] or abs(float(r1["val_miou"]) - float(r2["val_miou"])) < 1e-3
+    assert out2.count("best validation mIoU") == 2  # each process reports; only one wrote (atomic folders)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
+    assert not list((tmp_path / "two").glob(".*tmp*"))
+    # a 2-process run stopped at step 2 resumes to the uninterrupted 2-process result
+    _launch(2, *FINETUNE, "--out", str(tmp_path / "resumed"), "--stop-after", "2")
+    assert not (tmp_path / "resumed" / "last").exists()
+    _launch(2, *FINETUNE, "--out", str(tmp_path / "resumed"), "--resume", "latest")
+    c = _model(tmp_path / "resumed")
+    assert max((b[k].float() - c[k].float()).abs().max().item() for k in b) < 1e-6
+
+
+def test_feature_extraction_sharded_across_processes_writes_each_tile_once(tmp_path):
+    from diffhrnet_lab.data.io import read_tile, write_geotiff
+
+    src = sorted((Path(__file__).parents[1] / "data_samples" / "unlabelled").glob("*.tif"))[:5]
+    for f in src:
+        write_geotiff(tmp_path / "archive" / "sub" / f.name, read_tile(f).image[:, :72, :88])
+    cli = ["-m", "diffhrnet_lab.cli", "features", "--data", str(tmp_path / "archive"), "--set", "features.cache_window=64"]
+    _launch(1, *cli, "--cache", str(tmp_path / "one"))
+    _launch(2, *cli, "--cache", str(tmp_path / "two"))
+    (m1,), (m2,) = (tmp_path / "one").rglob("manifest.json"), (tmp_path / "two").rglob("manifest.json")
+    man1, man2 = json.loads(m1.read_text()), json.loads(m2.read_text())
+    assert man2["processes"] == 2 and sorted(man2["written_by"]) == sorted(man1["written_by"])
+    assert len(man2["written_by"]) == 5 and set(man2["written_by"].values()) == {0, 1}  # both worked, disjointly
+    f1 = sorted(m1.parent.glob("*.safetensors"))
+    f2 = sorted(m2.parent.glob("*.safetensors"))
+    assert [f.name for f in f1] == [f.name for f in f2] and len(f1) == 5
+    assert not [p for p in (tmp_path / "two").rglob("*") if ".tmp" in p.name]
+    for x, y in zip(f1, f2):
+        a, b = load_file(str(x)), load_file(str(y))
+        for k in a:  # float16 files: one rounding step apart at most when thread counts differ
+            torch.testing.assert_close(a[k].float(), b[k].float(), atol=2e-3, rtol=2e-3)

@@ -286,27 +286,36 @@ class FeatureExtractor:
             yield ids, self.extract(batch["image"], ids)
 
 
-def tile_features(fx: FeatureExtractor, items: Sequence[tuple[str, torch.Tensor]], window: int = 128,
-                  progress: bool = False) -> list[list[torch.Tensor]]:
+def tile_features(fx: FeatureExtractor, items: Iterable[tuple[str, torch.Tensor]], window: int = 128,
+                  progress: bool = False, keep: bool = True) -> list[list[torch.Tensor]]:
     """Whole-tile features (:meth:`FeatureExtractor.compute_tiled`) of ``(id, image)`` items, as
     float16 streams in ``fx.keys`` order; served from and written to ``fx.cache_dir`` when set, so
-    runs that share a DDPM (seeds, label budgets, fusion variants) compute them once."""
+    runs that share a DDPM (seeds, label budgets, fusion variants) compute them once.  ``keep=False``
+    only fills the cache (memory stays flat over an archive) and returns nothing."""
     from tqdm.auto import tqdm
 
     out = []
     for image_id, image in tqdm(items, desc="DDPM tile features", disable=not progress, leave=False):
-        path = None
-        if fx.cache_dir is not None:
-            safe = image_id.replace("/", "__").replace("\\", "__")
-            path = fx.cache_dir / fx.cache_key() / f"tiled{window}" / f"{safe}.safetensors"
+        path = tile_cache_path(fx, image_id, window) if fx.cache_dir is not None else None
+        if not keep and path is not None and path.is_file():
+            continue
         cached = load_tensors(path) if path is not None and path.is_file() else None
         if cached is None or any(f"{t}_{b}" not in cached for t, b in fx.keys):
             feats = fx.compute_tiled(image, window=window)
             cached = {f"{t}_{b}": v.half().contiguous() for (t, b), v in feats.items()}
             if path is not None:
                 _atomic_save(path, cached)
-        out.append([cached[f"{t}_{b}"] for t, b in fx.keys])
+        if keep:
+            out.append([cached[f"{t}_{b}"] for t, b in fx.keys])
     return out
+
+
+def tile_cache_path(fx: FeatureExtractor, image_id: str, window: int) -> Path:
+    """Where :func:`tile_features` keeps a tile's features: one file per tile, so processes that
+    each handle a disjoint slice of an archive never write the same file."""
+    assert fx.cache_dir is not None
+    safe = image_id.replace("/", "__").replace("\\", "__")
+    return fx.cache_dir / fx.cache_key() / f"tiled{window}" / f"{safe}.safetensors"
 
 
 def _atomic_save(path: Path, tensors: dict[str, torch.Tensor]) -> None:

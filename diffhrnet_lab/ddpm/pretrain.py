@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 
 from ..config import DDPMConfig, samples_dir
@@ -69,14 +69,25 @@ def epoch_loader(accelerator: Accelerator, dataset, batch_size: int, seed: int, 
     DataLoader iterator otherwise draws a seed from the global RNG that dropout also uses.
     """
     steps = len(dataset) // batch_size
-    order = epoch_order(len(dataset), seed, epoch)[: steps * batch_size]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)][offset:]
+    order = epoch_order(len(dataset), seed, epoch)[offset * batch_size: steps * batch_size]
+    # A real BatchSampler (over a list: a valid sampler) so that accelerate shards it: with
+    # split_batches each process takes its slice of every global batch.  A plain list of batches
+    # would be handed whole to every process.
+    sampler = BatchSampler(order, batch_size, drop_last=True)
     loader = accelerator.prepare_data_loader(
-        DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+        DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                    generator=torch.Generator().manual_seed(seed + epoch)), device_placement=True)
     loader.set_epoch(epoch)
     dataset.set_epoch(epoch)
     return loader
+
+
+def make_accelerator(mixed_precision: str = "auto") -> Accelerator:
+    """The Accelerator of every training loop: the configured batch is the *global* batch, split
+    across processes (``split_batches``), so 1 and N processes train on the same numbers.  It must go
+    through ``DataLoaderConfiguration``: accelerate 1.x ignores ``Accelerator(split_batches=...)``."""
+    return Accelerator(mixed_precision=_mixed_precision(mixed_precision),
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def _mixed_precision(choice: str) -> str:
@@ -97,10 +108,13 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
     the bundle that feature extraction loads).
     """
     out = check_writable(out_dir)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision), split_batches=True)
+    accelerator = make_accelerator(cfg.mixed_precision)
     if cfg.batch_size % accelerator.num_processes:
         raise ConfigError(f"batch_size {cfg.batch_size} must divide by the {accelerator.num_processes} processes")
     main = accelerator.is_main_process
+    if main:
+        print(f"[pretrain] {accelerator.num_processes} process(es) on {accelerator.device.type}, global batch "
+              f"{cfg.batch_size}, mixed precision {accelerator.mixed_precision}")
     pool_dir = Path(cfg.pool) if cfg.pool else samples_dir() / "unlabelled"
     pool = UnlabelledPool(pool_dir, crop_size=cfg.sample_size, augment=True, seed=cfg.seed)
     steps_per_epoch = len(pool) // cfg.batch_size

@@ -117,11 +117,12 @@ class DiffHRNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int, variant: str = "w18_small", extractor=None,
-                 stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False):
+                 stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False,
+                 head_dropout: float = 0.1):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
-        self.head = HRNetV2Head(self.backbone.out_channels, num_classes)
+        self.head = HRNetV2Head(self.backbone.out_channels, num_classes, dropout=head_dropout)
         self.extractor = extractor
         self.finetune_ddpm = finetune_ddpm
         self.fusion_op = fusion
