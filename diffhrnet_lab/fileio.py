@@ -86,8 +86,10 @@ def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Fail early, with the folder's name, if outputs cannot be written there."""
+def check_writable(folder: str | os.PathLike, need_bytes: int = 0, what: str = "outputs") -> Path:
+    """Fail early, with the folder's name, if outputs cannot be written there, or if the disk has
+    less than ``need_bytes`` free: better a clear error before training than a crash at the first
+    checkpoint an hour in."""
     from .errors import DataError
 
     folder = Path(folder)
@@ -97,4 +99,15 @@ def check_writable(folder: str | os.PathLike) -> Path:
             pass
     except OSError as exc:
         raise DataError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise DataError(f"{folder}: only {free / 2**20:.0f} MiB free on its disk, but {what} need about "
+                        f"{need_bytes / 2**20:.0f} MiB; free some space or choose another --out")
     return folder
+
+
+def checkpoint_bytes(*modules, copies: int = 4) -> int:
+    """Room for two checkpoints (the new one is written beside the old) of ``copies`` float32 tensors
+    per trainable parameter (weights, Adam's two moments, EMA)."""
+    n = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
+    return 2 * copies * 4 * n

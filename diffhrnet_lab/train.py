@@ -42,7 +42,7 @@ from .ddpm.features import FeatureExtractor, file_hash
 from .ddpm.pretrain import TrainingDiverged, epoch_loader, make_accelerator
 from .ddpm.unet import load_bundle
 from .errors import ConfigError, DataError
-from .fileio import atomic_dir, atomic_write_json, check_writable
+from .fileio import atomic_dir, atomic_write_json, check_writable, checkpoint_bytes
 from .metrics import confusion_matrix, scores
 from .models.fusion import DDPMPixelClassifier, DiffHRNet
 from .models.hrnet import convert_timm_state_dict
@@ -201,6 +201,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     if mc.init_timm:
         model.backbone.load_state_dict(convert_timm_state_dict(load_tensors(Path(mc.init_timm)), model.backbone))
     params = [p for p in model.parameters() if p.requires_grad]
+    check_writable(out, checkpoint_bytes(model, copies=3), "checkpoints (weights, optimizer)")
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     weights = _class_weights(train_ds, tc.class_weights)
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..config import DDPMConfig, samples_dir
 from ..data.datasets import UnlabelledPool
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_text, check_writable
+from ..fileio import atomic_write_text, check_writable, checkpoint_bytes
 from .checkpoints import (load_tensors, optimizer_from_tensors, optimizer_to_tensors, resolve_resume,
                           save_checkpoint, save_tensors)
 from .unet import build_scheduler, build_unet, save_bundle
@@ -125,6 +125,7 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
     unet = build_unet(cfg.preset, pool.stats.bands, cfg.sample_size)
     scheduler = build_scheduler(cfg.beta_schedule, cfg.num_train_timesteps)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    check_writable(out, checkpoint_bytes(unet, copies=4), "checkpoints (weights, EMA, optimizer)")
     ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0, power=0.75,
                    model_cls=UNet2DModel, model_config=unet.config)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 7919)
