@@ -29,8 +29,9 @@ notebooks: $(STAMP)
 	cd notebooks && DHL_PROFILE=quick $(abspath $(BIN))/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=1800 0*.ipynb
 
+# Speed, memory and determinism figures (about 15 minutes on a 2-core CPU): results/bench.json.
 bench: $(STAMP)
-	$(BIN)/diffhrnet-lab bench features --profile smoke --json
+	$(BIN)/diffhrnet-lab bench all --profile quick --json
 
 samples: $(STAMP)
 	$(BIN)/diffhrnet-lab samples --out data_samples

@@ -1,5 +1,8 @@
 """Benchmarks that print JSON: figures and ratios measured in one run, never asserted in tests.
 
+``make bench`` runs them all (``all``) and writes ``results/bench.json``.  Targets on the 2-core
+CPU: features speedup >= 2 with memory flat within 25 %, HRNet <= 1.1x timm.
+
 ``features``: the batched, early-exit extractor against the naive way (one full U-Net forward per
 timestep over the same batch, with hooks, as DDPM-Seg does) on the same images, alternating the two
 so that machine noise hits both alike; plus peak resident memory when streaming 1, 8 and 32 images
@@ -86,18 +89,135 @@ def bench_features(profile: str = "smoke") -> dict[str, Any]:
         "timesteps": list(fx.timesteps), "blocks": list(fx.blocks), "batch": n, "size": size,
         "fast_s": round(fast_s, 4), "naive_s": round(naive_s, 4), "speedup": round(naive_s / fast_s, 3),
         "max_abs_diff": diff, "images_per_s": round(n / fast_s, 2), "naive_images_per_s": round(n / naive_s, 2),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "stream_peak_rss_mb": rss,
+        "process_peak_rss_mb": round(peak_rss_mb(), 1), "peak_rss_mb": rss, "stream_peak_rss_mb": rss,
         "stream_rss_growth_1_to_32": round(rss["32"] / rss["1"], 3),
         "threads": torch.get_num_threads(),
     }
 
 
+def _alternate(fns: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, called in turn ``repeats`` times after one warm-up each, so
+    that machine noise (other processes, frequency scaling) hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _train_step(model, x, y, streams=None):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x) if streams is None else model(x, streams), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_hrnet(profile: str = "smoke", variant: str | None = None) -> dict[str, Any]:
+    """Our HRNetV2 backbone against timm's (``features_only``) of the same variant: forward + backward
+    on the same input and batch, timed alternately."""
+    import timm
+
+    from .models.hrnet import TIMM_NAMES, HRNetBackbone
+
+    cfg = profile_config(profile)
+    variant = variant or cfg.model.variant
+    n, size, repeats = cfg.data.batch_size, cfg.data.crop_size, _SETTINGS[profile][2]
+    torch.manual_seed(0)
+    ours = HRNetBackbone(variant, 3).train()
+    ref = timm.create_model(TIMM_NAMES[variant], pretrained=False, features_only=True, feature_location="").train()
+    x = torch.randn(n, 3, size, size)
+
+    def fwd_bwd(m):
+        return lambda: sum(f.float().mean() for f in m(x)).backward()
+
+    t = _alternate({"ours": fwd_bwd(ours), "timm": fwd_bwd(ref)}, repeats)
+    return {"variant": variant, "batch": n, "size": size, "ours_s": round(t["ours"], 4), "timm_s": round(t["timm"], 4),
+            "time_ratio_vs_timm": round(t["ours"] / t["timm"], 3)}
+
+
+def bench_diffhrnet(profile: str = "smoke") -> dict[str, Any]:
+    """A Diff-HRNet (multistage, gated) train step over an HRNet-only one at the same batch: with the
+    DDPM run inside the step, and with the feature cache (features precomputed, as
+    ``features.cache`` does)."""
+    from .models.fusion import DiffHRNet
+
+    cfg = profile_config(profile)
+    n, size, repeats = cfg.data.batch_size, cfg.data.crop_size, _SETTINGS[profile][2]
+    fx, which = _extractor(profile)
+    torch.manual_seed(0)
+    x, y = _images(n, size), torch.randint(0, 7, (n, size, size))
+    hrnet = DiffHRNet(7, 4, cfg.model.variant).train()
+    diff = DiffHRNet(7, 4, cfg.model.variant, fx, cfg.model.stages, cfg.model.fusion).train()
+    with torch.no_grad():
+        feats = fx.compute(x)
+    streams = [feats[k] for k in fx.keys]
+    t = _alternate({"hrnet": _train_step(hrnet, x, y), "diffhrnet": _train_step(diff, x, y),
+                    "diffhrnet_cached": _train_step(diff, x, y, streams)}, repeats)
+    return {"ddpm": which, "variant": cfg.model.variant, "stages": cfg.model.stages, "fusion": cfg.model.fusion,
+            "batch": n, "size": size, **{f"{k}_s": round(v, 4) for k, v in t.items()},
+            "step_ratio_vs_hrnet": {"without_cache": round(t["diffhrnet"] / t["hrnet"], 3),
+                                    "with_cache": round(t["diffhrnet_cached"] / t["hrnet"], 3)}}
+
+
+def bench_demo(profile: str = "quick", runs: int = 2) -> dict[str, Any]:
+    """The main job's wall time, run ``runs`` times from scratch with the same seed: the metrics
+    must be identical (determinism on CPU)."""
+    import tempfile
+    from pathlib import Path
+
+    from .demo import run_demo
+
+    walls, results = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as d:
+            run_demo(Path(d) / "demo", profile=profile, progress=False)
+            r = json.loads((Path(d) / "demo" / "results.json").read_text())
+        walls.append(r.pop("wall_s"))
+        results.append(r)
+    return {"profile": profile, "wall_s": walls[0], "wall_s_runs": walls,
+            "miou": {m: results[0][m]["miou"] for m in ("HRNet", "Diff-HRNet")},
+            "identical_metrics_across_runs": all(r == results[0] for r in results)}
+
+
+def bench_all(profile: str = "smoke", demo_profile: str = "quick", out: str = "results/bench.json") -> dict[str, Any]:
+    from .fileio import atomic_write_json
+
+    result = {"features": bench_features(profile), "hrnet": bench_hrnet(profile),
+              "diffhrnet": bench_diffhrnet(profile), "demo": bench_demo(demo_profile),
+              "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    f = result["features"]
+    result["targets"] = {"features_speedup_ge_2": f["speedup"] >= 2,
+                         "features_memory_flat_within_25pct": f["stream_rss_growth_1_to_32"] <= 1.25,
+                         "hrnet_le_1_1x_timm": result["hrnet"]["time_ratio_vs_timm"] <= 1.1,
+                         "demo_deterministic": result["demo"]["identical_metrics_across_runs"]}
+    atomic_write_json(out, result)
+    return result
+
+
+BENCHES = {"features": bench_features, "hrnet": bench_hrnet, "diffhrnet": bench_diffhrnet}
+
+
 def run(what: str, profile: str, as_json: bool) -> dict[str, Any]:
-    if what != "features":
+    if what == "all":
+        result = bench_all(profile)
+    elif what == "demo":
+        result = bench_demo(profile)
+    elif what in BENCHES:
+        result = BENCHES[what](profile)
+    else:
         from .errors import ConfigError
 
-        raise ConfigError(f"unknown benchmark '{what}'; available: features")
-    result = bench_features(profile)
+        raise ConfigError(f"unknown benchmark '{what}'; available: all, demo, {', '.join(BENCHES)}")
     if as_json:
         print(json.dumps(result))
     else:

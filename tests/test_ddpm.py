@@ -249,3 +249,15 @@ def test_each_epoch_loader_draws_new_crops_and_resumes_mid_epoch(samples_dir):
     assert torch.equal(again, epochs[1])
     tail = torch.cat([b["image"] for b in epoch_loader(acc, pool, 4, 0, 1, offset=1)])
     assert torch.equal(tail, epochs[1][4:])
+
+
+def test_bench_diffhrnet_reports_step_ratios_with_and_without_the_feature_cache():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "diffhrnet_lab.cli", "bench", "diffhrnet", "--profile", "smoke", "--json"],
+                       capture_output=True, text=True, check=True)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    ratios = out["step_ratio_vs_hrnet"]
+    assert set(ratios) == {"without_cache", "with_cache"} and all(v > 0 for v in ratios.values())
+    assert out["hrnet_s"] > 0 and out["stages"] == "multistage"

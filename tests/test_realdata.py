@@ -31,3 +31,44 @@ def test_dubai_split_by_tile_and_dataset(dubai):
     ds = LabelledTiles(budget[:2], DUBAI, crop_size=256, augment=True)
     item = ds[0]
     assert item["image"].shape == (3, 256, 256) and item["mask"].max() <= 255
+
+
+def test_label_efficiency_command_on_dubai_runs_every_method_and_skips_finished_runs(dubai, tmp_path, capsys):
+    import json
+
+    from diffhrnet_lab.cli import main
+
+    out = tmp_path / "le"
+    args = ["label-efficiency", "--data", str(dubai), "--profile", "smoke", "--out", str(out),
+            "--set", "data.max_per_group=1"]
+    assert main(args) == 0
+    result = json.loads((out / "label_efficiency.json").read_text())
+    assert result["held_out"] == "Tile_1"
+    assert {(r["method"], r["budget"], r["seed"]) for r in result["rows"]} == {
+        (m, 1, 0) for m in ("hrnet", "ddpm_mlp", "late", "multistage")}
+    assert all("Tile_1" not in r["train_groups"] and 0 <= r["miou"] <= 1 for r in result["rows"])
+    assert (out / "ddpm" / "final" / "ddpm.json").exists()  # pretrained on the pool of all scenes
+    assert len(list((out / "feature_cache").rglob("*.safetensors"))) == 2  # 1 image x (held-out + 1 scene)
+    assert (out / "label_efficiency.png").stat().st_size > 5000 and "| multistage |" in (out / "table.md").read_text()
+    stamp = (out / "runs" / "late_b1_s0" / "summary.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert "[finetune]" not in again and "seed 0" not in again and "| late |" in again
+    assert (out / "runs" / "late_b1_s0" / "summary.json").stat().st_mtime_ns == stamp
+    assert main([*args, "--set", "label_efficiency.held_out=Tile_9"]) == 2
+    assert "held-out scene 'Tile_9' not found" in capsys.readouterr().err
+    assert main([*args, "--set", "label_efficiency.budgets=4"]) == 2
+    assert "label budget(s) [4] impossible with 3 training scene(s)" in capsys.readouterr().err
+
+
+def test_label_efficiency_summary_is_mean_and_sample_std_with_gap_to_hrnet():
+    from diffhrnet_lab.label_efficiency import markdown, summarise
+
+    rows = [{"method": m, "budget": 1, "seed": s, "miou": v}
+            for m, vals in (("hrnet", (0.40, 0.44)), ("late", (0.50, 0.56))) for s, v in enumerate(vals)]
+    table = summarise(rows)
+    late = next(r for r in table if r["method"] == "late")
+    assert abs(late["mean"] - 53.0) < 1e-9 and abs(late["std"] - np.std([50, 56], ddof=1)) < 1e-9
+    assert abs(late["vs_hrnet"] - 11.0) < 1e-9
+    assert "| late | 53.0 ± 4.2 (+11.0) |" in markdown(table, (1,))
