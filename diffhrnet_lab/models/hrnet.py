@@ -72,9 +72,9 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
         y = self.bn2(self.conv2(y))
-        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
+        return F.relu(y + (self.downsample(x) if self.downsample is not None else x), inplace=True)
 
 
 class Bottleneck(nn.Module):
@@ -91,10 +91,10 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        y = F.relu(self.bn2(self.conv2(y)), inplace=True)
         y = self.bn3(self.conv3(y))
-        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
+        return F.relu(y + (self.downsample(x) if self.downsample is not None else x), inplace=True)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -149,7 +149,7 @@ class HRModule(nn.Module):
             y = row[0](xs[0])
             for f, x in zip(list(row)[1:], xs[1:]):
                 y = y + f(x)
-            out.append(F.relu(y))
+            out.append(F.relu(y, inplace=True))  # y is a fresh sum: in place is safe, as in timm
         return out
 
 
@@ -180,7 +180,7 @@ class Stem(nn.Module):
         self.bn2 = _bn(64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)), inplace=True))), inplace=True)
 
 
 FuseHook = Callable[[int, list[torch.Tensor]], list[torch.Tensor]]
