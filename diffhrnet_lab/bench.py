@@ -50,21 +50,36 @@ def _extractor(profile: str):
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB).  On Linux ``VmHWM`` of ``/proc/self/status``:
+    ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a child started by a big parent would report
+    the parent's peak instead of its own."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def stream_peak_rss(n_images: int, size: int, batch: int = 4, profile: str = "smoke") -> float:
-    """Peak RSS (MB) of a fresh process that streams ``n_images`` through the extractor."""
+def stream_peak_rss(counts=(1, 8, 32), size: int = 128, batch: int = 1, profile: str = "smoke") -> dict[str, float]:
+    """Peak RSS (MB) of one fresh process after streaming 1, 8, 32 images through the extractor.
+
+    The peak only grows within a process, so reading it after each count measures how memory
+    grows with the number of images processed: flat if nothing is kept per image.  ``"loaded"`` is
+    the peak before the first image (Python, torch, the model, the sample tiles).
+    """
     code = (
         "import torch, json; from diffhrnet_lab.bench import _extractor, _images, peak_rss_mb\n"
-        f"fx, _ = _extractor({profile!r}); imgs = _images(1, {size})\n"
-        f"for i in range(0, {n_images}, {batch}):\n"
-        f"    x = imgs.repeat(min({batch}, {n_images} - i), 1, 1, 1) + 0.001 * i\n"
-        "    feats = fx(x); del feats\n"
-        "print(json.dumps(peak_rss_mb()))\n"
+        f"fx, _ = _extractor({profile!r}); imgs = _images(1, {size}); out = {{'loaded': peak_rss_mb()}}\n"
+        f"for i in range(0, {max(counts)}, {batch}):\n"
+        f"    feats = fx(imgs.repeat({batch}, 1, 1, 1) + 0.001 * i); del feats\n"
+        f"    if i + {batch} in {tuple(counts)!r}: out[str(i + {batch})] = peak_rss_mb()\n"
+        "print(json.dumps(out))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return {k: round(v, 1) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
 def bench_features(profile: str = "smoke") -> dict[str, Any]:
@@ -83,13 +98,15 @@ def bench_features(profile: str = "smoke") -> dict[str, Any]:
         fx.naive(x)
         t_naive.append(time.perf_counter() - t0)
     fast_s, naive_s = statistics.median(t_fast), statistics.median(t_naive)
-    rss = {str(k): round(stream_peak_rss(k, size, batch=min(n, 4), profile=profile), 1) for k in (1, 8, 32)}
+    rss = stream_peak_rss((1, 8, 32), size, batch=1, profile=profile)
+    loaded = rss.pop("loaded")
     return {
         "bench": "features", "profile": profile, "model": which, "device": str(x.device),
         "timesteps": list(fx.timesteps), "blocks": list(fx.blocks), "batch": n, "size": size,
         "fast_s": round(fast_s, 4), "naive_s": round(naive_s, 4), "speedup": round(naive_s / fast_s, 3),
         "max_abs_diff": diff, "images_per_s": round(n / fast_s, 2), "naive_images_per_s": round(n / naive_s, 2),
         "process_peak_rss_mb": round(peak_rss_mb(), 1), "peak_rss_mb": rss, "stream_peak_rss_mb": rss,
+        "stream_rss_before_first_image_mb": loaded,
         "stream_rss_growth_1_to_32": round(rss["32"] / rss["1"], 3),
         "threads": torch.get_num_threads(),
     }
