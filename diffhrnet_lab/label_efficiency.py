@@ -72,14 +72,15 @@ def pretrain_pool_ddpm(cfg: ProfileConfig, root: Path, out: Path, progress: bool
 
 def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, method: str, budget: int,
                seed: int) -> ProfileConfig:
-    """The fine-tuning settings of one (method, budget, seed) run."""
+    """The fine-tuning settings of one (method, budget, seed) run.  ``cache_dir`` is where tile features
+    go unless ``features.cache_dir`` names another (a second experiment reusing a DDPM's features)."""
     le = cfg.label_efficiency
     steps = le.train_steps or cfg.train.steps
     return dataclasses.replace(
         cfg,
         data=replace(cfg.data, root=str(root), val_groups=(le.held_out,), label_budget=budget, seed=seed),
         model=replace(cfg.model, **METHOD_SETTINGS[method]),
-        features=replace(cfg.features, checkpoint=str(ddpm), cache=True, cache_dir=str(cache_dir)),
+        features=replace(cfg.features, checkpoint=str(ddpm), cache=True, cache_dir=cfg.features.cache_dir or str(cache_dir)),
         train=replace(cfg.train, steps=steps, seed=seed, eval_every=steps, eval_window=0,
                       checkpoint_every=min(cfg.train.checkpoint_every, steps)),
     )

@@ -72,3 +72,17 @@ def test_label_efficiency_summary_is_mean_and_sample_std_with_gap_to_hrnet():
     assert abs(late["mean"] - 53.0) < 1e-9 and abs(late["std"] - np.std([50, 56], ddof=1)) < 1e-9
     assert abs(late["vs_hrnet"] - 11.0) < 1e-9
     assert "| late | 53.0 ± 4.2 (+11.0) |" in markdown(table, (1,))
+
+
+def test_label_efficiency_run_config_holds_out_the_scene_and_scores_only_at_the_end(tmp_path):
+    from diffhrnet_lab.config import profile_config, replace
+    from diffhrnet_lab.label_efficiency import run_config
+
+    cfg = profile_config("quick")
+    c = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "fc", "late", 2, 1)
+    assert c.data.val_groups == ("Tile_1",) and c.data.label_budget == 2 and c.data.seed == 1 and c.train.seed == 1
+    assert c.model.method == "diffhrnet" and c.model.stages == "late" and c.features.cache
+    assert c.train.steps == c.train.eval_every == 150 and c.train.eval_window == 0
+    assert c.features.cache_dir == str(tmp_path / "fc")
+    cfg.features = replace(cfg.features, cache_dir="/elsewhere")
+    assert run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "fc", "hrnet", 1, 0).features.cache_dir == "/elsewhere"
