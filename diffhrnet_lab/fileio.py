@@ -9,12 +9,13 @@ on POSIX and Windows when source and target share a file system.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -80,6 +81,15 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_csv(target: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Rows as CSV with a header; a column a row lacks is left empty."""
+    with atomic_path(target) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in columns})
 
 
 def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:

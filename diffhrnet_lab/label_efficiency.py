@@ -20,7 +20,6 @@ Finished runs are skipped on a re-run and unfinished ones resume: the experiment
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -32,7 +31,7 @@ import numpy as np
 from .config import ProfileConfig, profile_config, replace
 from .data.datasets import find_pairs, first_per_group, groups_of
 from .errors import ConfigError, DataError
-from .fileio import atomic_path, atomic_write_json, atomic_write_text, check_writable
+from .fileio import atomic_write_csv, atomic_write_json, atomic_write_text, check_writable
 
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "hrnet": {"method": "hrnet"},
@@ -119,7 +118,7 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
                              "seconds": hist[-1]["seconds"] if hist else 0.0})
     result = {"profile": cfg.name, "data": str(root), "held_out": le.held_out, "ddpm": str(bundle),
               "train_steps": le.train_steps or cfg.train.steps, "rows": rows, "table": summarise(rows)}
-    _write_csv(out / "results.csv", rows)
+    atomic_write_csv(out / "results.csv", rows, ["method", "budget", "seed", "miou", "train_groups", "seconds"])
     atomic_write_json(out / "label_efficiency.json", result)
     atomic_write_text(out / "table.md", markdown(result["table"], le.budgets) + "\n")
     from .viz import save_figure
@@ -173,11 +172,3 @@ def plot(table: list[dict[str, Any]]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys = ["method", "budget", "seed", "miou", "train_groups", "seconds"]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, keys)
-        w.writeheader()
-        w.writerows(rows)

@@ -14,7 +14,6 @@ A frozen DDPM is not copied into it: it is found again through ``model.json`` an
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -42,7 +41,7 @@ from .ddpm.features import FeatureExtractor, file_hash
 from .ddpm.pretrain import TrainingDiverged, epoch_loader, make_accelerator
 from .ddpm.unet import load_bundle
 from .errors import ConfigError, DataError
-from .fileio import atomic_dir, atomic_write_json, check_writable, checkpoint_bytes
+from .fileio import atomic_dir, atomic_write_csv, atomic_write_json, check_writable, checkpoint_bytes
 from .metrics import confusion_matrix, scores
 from .models.fusion import DDPMPixelClassifier, DiffHRNet
 from .models.hrnet import convert_timm_state_dict
@@ -289,7 +288,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
                "val_groups": meta["data"]["val_groups"], "out": str(out)}
     if step >= tc.steps and main:
         save_segmenter(out / "last", accelerator.unwrap_model(model), {**meta, "step": step})
-        _write_history(out / "history.csv", history)
+        atomic_write_csv(out / "history.csv", history, ["step", "loss", "seconds", "val_miou", "val_oa"])
         atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -315,17 +314,6 @@ def _attach_cached_features(fx: FeatureExtractor, fc: FeatureConfig, datasets, p
     for ds in datasets:
         items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
         ds.attach_features(tile_features(fx, items, window=fc.cache_window, progress=progress), strides)
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    from .fileio import atomic_path
-
-    keys = ["step", "loss", "seconds", "val_miou", "val_oa"]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, keys)
-        w.writeheader()
-        for r in history:
-            w.writerow({k: r.get(k, "") for k in keys})
 
 
 def _write_train_state(d: Path, model: nn.Module, optimizer, step: int, best: dict, history: list, cfg: ProfileConfig) -> None:

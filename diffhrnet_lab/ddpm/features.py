@@ -257,10 +257,11 @@ class FeatureExtractor:
         bs = "-".join(map(str, self.blocks))
         return f"{self._checkpoint_id[:16]}/t{ts}_b{bs}_seed{self.noise_seed}{'_up' if self.upsample else ''}"
 
-    def _cache_path(self, image_id: str) -> Path:
+    def _cache_path(self, image_id: str, sub: str = "") -> Path:
+        """One file per image id (path separators flattened), under the settings' key."""
         assert self.cache_dir is not None
         safe = image_id.replace("/", "__").replace("\\", "__")
-        return self.cache_dir / self.cache_key() / f"{safe}.safetensors"
+        return self.cache_dir / self.cache_key() / sub / f"{safe}.safetensors"
 
     def extract(self, images: torch.Tensor, ids: Sequence[str] | None = None) -> dict[FeatureKey, torch.Tensor]:
         """Like ``__call__`` but served from / written to the cache when ``cache_dir`` and ``ids`` are set."""
@@ -313,9 +314,7 @@ def tile_features(fx: FeatureExtractor, items: Iterable[tuple[str, torch.Tensor]
 def tile_cache_path(fx: FeatureExtractor, image_id: str, window: int) -> Path:
     """Where :func:`tile_features` keeps a tile's features: one file per tile, so processes that
     each handle a disjoint slice of an archive never write the same file."""
-    assert fx.cache_dir is not None
-    safe = image_id.replace("/", "__").replace("\\", "__")
-    return fx.cache_dir / fx.cache_key() / f"tiled{window}" / f"{safe}.safetensors"
+    return fx._cache_path(image_id, f"tiled{window}")
 
 
 def _atomic_save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
