@@ -43,7 +43,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     run_demo(args.out, args.data, profile=args.profile)
     return 0
@@ -57,9 +57,9 @@ def _profile_cfg(args: argparse.Namespace):
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import replace
-    from .ddpm.pretrain import export_bundle, pretrain
+    from .training.pretrain import export_bundle, pretrain
 
-    cfg = _profile_cfg(args).ddpm
+    cfg = apply_overrides(_profile_cfg(args), args.set).ddpm
     changes = {k: v for k, v in {"preset": args.preset, "pool": args.pool and str(args.pool), "steps": args.steps,
                                  "batch_size": args.batch_size, "sample_size": args.sample_size,
                                  "beta_schedule": args.schedule, "lr": args.lr, "seed": args.seed,
@@ -76,7 +76,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run
+    from .experiments.bench import run
     from .config import check_profile, default_profile
 
     run(args.what, check_profile(args.profile or default_profile()), args.json)
@@ -121,7 +121,7 @@ def apply_overrides(cfg, pairs: list[str]):
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .config import replace
-    from .train import finetune
+    from .training.finetune import finetune
 
     cfg = apply_overrides(_profile_cfg(args), args.set)
     changes = {k: v for k, v in {"method": args.method, "variant": args.variant, "stages": args.stages,
@@ -138,7 +138,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import evaluate
+    from .inference.evaluate import evaluate
 
     r = evaluate(args.checkpoint, args.data, args.out, window=args.window, ddpm_path=args.ddpm)
     if r["labelled_tiles"]:
@@ -155,7 +155,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from .config import replace
-    from .ddpm.archive import extract_archive
+    from .features.archive import extract_archive
 
     cfg = apply_overrides(_profile_cfg(args), args.set)
     fc = replace(cfg.features, checkpoint=str(args.ddpm)) if args.ddpm else cfg.features
@@ -166,7 +166,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 def _cmd_label_efficiency(args: argparse.Namespace) -> int:
     from .config import dubai_dir, replace
-    from .label_efficiency import label_efficiency
+    from .experiments.label_efficiency import label_efficiency
 
     data = args.data or dubai_dir()
     if data is None:
@@ -181,7 +181,7 @@ def _cmd_label_efficiency(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .config import check_profile, default_profile
-    from .sweep import ABLATIONS, aggregate, markdown_table, run_experiment, run_sweep
+    from .experiments.sweep import ABLATIONS, aggregate, markdown_table, run_experiment, run_sweep
 
     profile = check_profile(args.profile or default_profile())
     configs: dict = {}
@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stop-after", type=int, default=None, help="end this invocation after this step")
     s.add_argument("--export", type=Path, default=None, help="copy the final bundle + loss log + samples here")
     s.add_argument("--export-half", action="store_true", help="store exported weights in float16")
+    s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="any config field, repeatable, e.g. ddpm.num_workers=4 (the options above win)")
     s.set_defaults(func=_cmd_pretrain)
 
     s = sub.add_parser("finetune", help="fine-tune HRNet / Diff-HRNet / the DDPM pixel classifier")

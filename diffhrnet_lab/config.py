@@ -104,10 +104,10 @@ class FeatureConfig:
     timesteps: tuple[int, ...] = (50, 150, 250)
     blocks: tuple[int, ...] = (0, 1)
     noise_seed: int = 0
-    upsample: bool = False
     cache: bool = False  # fine-tuning: compute each tile's features once and crop them with the image
     cache_dir: str = ""  # keep those features on disk, shared by every run with the same DDPM
     cache_window: int = 128  # window of the tiled whole-tile extraction
+    cache_dtype: str = "float16"  # or "uint8": per-channel 8-bit quantisation, half the bytes
 
 
 @dataclass
@@ -135,7 +135,8 @@ class TrainConfig:
     warmup_steps: int = 20
     class_weights: str = "none"  # none | inverse_sqrt (of class pixel frequency)
     eval_every: int = 100
-    eval_window: int = 128  # 0: whole tiles in one forward pass
+    eval_window: int = 128  # 0: whole tiles in one forward pass (memory grows with the tile)
+    log_every: int = 10  # losses are read back from the device (a host sync) every this many steps
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     mixed_precision: str = "auto"

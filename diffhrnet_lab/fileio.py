@@ -1,4 +1,4 @@
-"""Crash-safe file writing.
+"""Crash-safe file writing, safetensors I/O and the one markdown-table writer.
 
 A run killed part-way (pre-emption, Ctrl-C, a full disk) must never leave a half-written
 checkpoint, tile or report behind.  Everything the kit writes goes to a temporary file in the
@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+import torch
 
 
 @contextlib.contextmanager
@@ -121,3 +123,35 @@ def checkpoint_bytes(*modules, copies: int = 4) -> int:
     per trainable parameter (weights, Adam's two moments, EMA)."""
     n = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
     return 2 * copies * 4 * n
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    """Tensors as safetensors (never a pickle: loading one cannot run code)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    with atomic_path(path) as tmp:
+        save_tensors(tmp, tensors)
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file; an unreadable one is a :class:`DataError` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .errors import DataError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"{path}: cannot read safetensors file ({str(exc)[:120]})") from None
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are written with ``str``."""
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ from accelerate.utils import gather_object
 
 from diffhrnet_lab.config import samples_dir
 from diffhrnet_lab.data.datasets import UnlabelledPool
-from diffhrnet_lab.ddpm.pretrain import epoch_loader, make_accelerator
+from diffhrnet_lab.training.accelerator import epoch_loader, make_accelerator
 
 accelerator = make_accelerator("no")
 if accelerator.is_main_process:

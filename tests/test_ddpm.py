@@ -13,9 +13,9 @@ import torch
 from diffhrnet_lab.config import embedded_ddpm_dir, profile_config
 from diffhrnet_lab.data.datasets import LabelledTiles, find_pairs
 from diffhrnet_lab.data.io import write_geotiff
-from diffhrnet_lab.ddpm.checkpoints import latest_checkpoint, list_checkpoints
-from diffhrnet_lab.ddpm.features import FeatureExtractor, decoder_blocks
-from diffhrnet_lab.ddpm.pretrain import TrainingDiverged, pretrain, read_loss_log
+from diffhrnet_lab.training.checkpoints import latest_checkpoint, list_checkpoints
+from diffhrnet_lab.features.extractor import FeatureExtractor, decoder_blocks
+from diffhrnet_lab.training.pretrain import TrainingDiverged, pretrain, read_loss_log
 from diffhrnet_lab.ddpm.sample import denoising_loss
 from diffhrnet_lab.ddpm.unet import build_scheduler, build_unet, load_bundle, unet_stride
 from diffhrnet_lab.errors import ConfigError, DataError
@@ -239,7 +239,7 @@ def test_each_epoch_loader_draws_new_crops_and_resumes_mid_epoch(samples_dir):
     from accelerate import Accelerator
 
     from diffhrnet_lab.data.datasets import UnlabelledPool
-    from diffhrnet_lab.ddpm.pretrain import epoch_loader
+    from diffhrnet_lab.training.accelerator import epoch_loader
 
     pool = UnlabelledPool(samples_dir / "unlabelled", crop_size=16, samples_per_epoch=8, seed=0)
     acc = Accelerator(cpu=True)

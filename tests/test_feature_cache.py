@@ -10,11 +10,14 @@ import torch.nn.functional as F
 from diffhrnet_lab.config import profile_config, replace
 from diffhrnet_lab.data.datasets import LabelledTiles, aligned_crop_d4, find_pairs
 from diffhrnet_lab.data.io import BandStats
-from diffhrnet_lab.ddpm.features import FeatureExtractor, tile_features
+from diffhrnet_lab.features.extractor import FeatureExtractor
+from diffhrnet_lab.features.tile_cache import tile_features
 from diffhrnet_lab.ddpm.unet import build_scheduler, build_unet
 from diffhrnet_lab.errors import ConfigError
-from diffhrnet_lab.models.fusion import DDPMPixelClassifier, DiffHRNet
-from diffhrnet_lab.train import finetune, load_segmenter, validate
+from diffhrnet_lab.models.segmenters import DDPMPixelClassifier, DiffHRNet
+from diffhrnet_lab.training.finetune import finetune
+from diffhrnet_lab.models.segmenters import load_segmenter
+from diffhrnet_lab.inference.evaluate import validate
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from diffhrnet_lab.ddpm.features import FeatureExtractor
+from diffhrnet_lab.features.extractor import FeatureExtractor
 from diffhrnet_lab.ddpm.unet import build_scheduler, build_unet
 from diffhrnet_lab.errors import ConfigError
-from diffhrnet_lab.models.fusion import DDPMPixelClassifier, DiffHRNet, FusionPoint, parse_stages
+from diffhrnet_lab.models.fusion import FusionPoint, parse_stages
+from diffhrnet_lab.models.segmenters import DDPMPixelClassifier, DiffHRNet
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffhrnet_lab.metrics import confusion_matrix, scores
+from diffhrnet_lab.inference.metrics import confusion_matrix, scores
 
 
 def test_hand_computed_example_with_ignore():

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from diffhrnet_lab.sweep import aggregate, markdown_table, run_sweep
+from diffhrnet_lab.experiments.sweep import aggregate, markdown_table, run_sweep
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 pm = pytest.importorskip("papermill")

@@ -63,7 +63,7 @@ def test_label_efficiency_command_on_dubai_runs_every_method_and_skips_finished_
 
 
 def test_label_efficiency_summary_is_mean_and_sample_std_with_gap_to_hrnet():
-    from diffhrnet_lab.label_efficiency import markdown, summarise
+    from diffhrnet_lab.experiments.label_efficiency import markdown, summarise
 
     rows = [{"method": m, "budget": 1, "seed": s, "miou": v}
             for m, vals in (("hrnet", (0.40, 0.44)), ("late", (0.50, 0.56))) for s, v in enumerate(vals)]
@@ -76,7 +76,7 @@ def test_label_efficiency_summary_is_mean_and_sample_std_with_gap_to_hrnet():
 
 def test_label_efficiency_run_config_holds_out_the_scene_and_scores_only_at_the_end(tmp_path):
     from diffhrnet_lab.config import profile_config, replace
-    from diffhrnet_lab.label_efficiency import run_config
+    from diffhrnet_lab.experiments.label_efficiency import run_config
 
     cfg = profile_config("quick")
     c = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "fc", "late", 2, 1)

@@ -24,7 +24,7 @@ from diffhrnet_lab.config import profile_config, replace
 from diffhrnet_lab.data.datasets import LabelledTiles, find_pairs
 from diffhrnet_lab.data.io import read_tile, write_geotiff, write_png
 from diffhrnet_lab.errors import DataError
-from diffhrnet_lab.train import finetune
+from diffhrnet_lab.training.finetune import finetune
 
 CLI = [sys.executable, "-m", "diffhrnet_lab.cli"]
 PRETRAIN = ["pretrain", "--profile", "smoke", "--steps", "6"]  # smoke: a checkpoint every 2 steps

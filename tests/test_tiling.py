@@ -5,7 +5,8 @@ from affine import Affine
 
 from diffhrnet_lab.data.io import Tile, read_tile
 from diffhrnet_lab.data.labels import SAMPLES
-from diffhrnet_lab.data.tiling import blend_weights, predict_sliding, window_starts, write_prediction
+from diffhrnet_lab.data.tiling import blend_weights, window_starts
+from diffhrnet_lab.inference.sliding import predict_sliding, write_prediction
 
 
 @pytest.mark.parametrize("length,window,stride", [(100, 32, 24), (32, 32, 8), (20, 32, 8), (257, 64, 48)])

@@ -19,7 +19,9 @@ from diffhrnet_lab.data.io import read_mask, read_tile
 from diffhrnet_lab.data.labels import SAMPLES
 from diffhrnet_lab.ddpm.unet import load_bundle
 from diffhrnet_lab.errors import DataError
-from diffhrnet_lab.train import evaluate, finetune, load_segmenter
+from diffhrnet_lab.training.finetune import finetune
+from diffhrnet_lab.models.segmenters import load_segmenter
+from diffhrnet_lab.inference.evaluate import evaluate
 
 
 def _cfg(method="hrnet", steps=40, **model):

@@ -204,7 +204,11 @@ def aligned_crop_d4(rng: np.random.Generator, image: np.ndarray, mask: np.ndarra
 
 
 class _Seeded(Dataset):
-    """Shared epoch/seed plumbing: each item's randomness depends on (seed, epoch, index) only."""
+    """Shared epoch/seed plumbing: each item's randomness depends on (seed, epoch, index) only.
+
+    An index may be a *global sample number* ``epoch · len(self) + index`` (what the training
+    loaders ask for, so one loader runs through many epochs without a shared epoch counter); it is
+    counted from :meth:`set_epoch`'s epoch."""
 
     seed: int = 0
     epoch: int = 0
@@ -212,8 +216,13 @@ class _Seeded(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
+    def _locate(self, index: int) -> tuple[int, int]:
+        """``(epoch, index within the epoch)`` of a (global) sample number."""
+        extra, local = divmod(int(index), len(self))
+        return self.epoch + extra, local
+
+    def _rng(self, epoch: int, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, index])
 
 
 def _check_not_nodata(image: np.ndarray, nodata: float | None, path: Path) -> None:
@@ -270,13 +279,14 @@ class LabelledTiles(_Seeded):
         return self.samples_per_epoch or len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
+        epoch, index = self._locate(index)
         i = index % len(self.pairs)
         if self.features is not None and self.crop_size is not None:
-            image, mask, streams = aligned_crop_d4(self._rng(index), self.images[i], self.masks[i], self.features[i],
+            image, mask, streams = aligned_crop_d4(self._rng(epoch, index), self.images[i], self.masks[i], self.features[i],
                                                    self.strides, self.crop_size, self.augment, self.scheme.ignore_index)
             return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask.astype(np.int64)),
                     "streams": streams, "id": self.pairs[i].id}
-        image, mask = random_crop_d4(self._rng(index), [self.images[i], self.masks[i]], self.crop_size,
+        image, mask = random_crop_d4(self._rng(epoch, index), [self.images[i], self.masks[i]], self.crop_size,
                                      self.augment, pad_values=[0.0, self.scheme.ignore_index])
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask.astype(np.int64)),
                 "id": self.pairs[i].id}
@@ -328,6 +338,7 @@ class UnlabelledPool(_Seeded):
         return self.samples_per_epoch or len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
+        epoch, index = self._locate(index)
         i = index % len(self.paths)
-        (image,) = random_crop_d4(self._rng(index), [self.images[i]], self.crop_size, self.augment, [0.0])
+        (image,) = random_crop_d4(self._rng(epoch, index), [self.images[i]], self.crop_size, self.augment, [0.0])
         return {"image": torch.from_numpy(image), "id": self.paths[i].stem}

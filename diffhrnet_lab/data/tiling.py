@@ -1,23 +1,19 @@
-"""Sliding-window inference over whole tiles, with blended stitching and georeferenced output.
+"""Tiling geometry shared by every stage that works on windows of a tile.
 
 Real tiles (LandCover.ai orthophotos are ~9000 x 9500 px) do not fit a network in one piece, and
 the outputs of a fully convolutional network are worst near a window's edge, where it saw the
-least context.  Windows therefore overlap, and each window's output is weighted by a ramp that
-is 1 in the middle and small at the borders before the weighted outputs are averaged: seams
-vanish and every pixel gets the prediction of the window that saw it best.
+least context.  Windows therefore overlap (:func:`window_starts`), and each window's output is
+weighted by a ramp (:func:`blend_weights`) that is 1 in the middle and small at the borders
+before the weighted outputs are averaged: seams vanish and every pixel gets the prediction of the
+window that saw it best.  Networks with a stride need inputs padded to a multiple of it
+(:func:`pad_to`).  DDPM feature extraction (``features/``) and sliding-window inference
+(``inference/``) both build on these three functions.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Callable
-
-import numpy as np
 import torch
-
-from .io import Tile, write_geotiff, write_png
-from .labels import LabelScheme
+import torch.nn.functional as F
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -40,45 +36,28 @@ def blend_weights(window: int, width: int | None = None, floor: float = 1e-2) ->
     return ramp(window)[:, None] * ramp(width or window)[None, :]
 
 
-@torch.inference_mode()
-def predict_sliding(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int,
-                    overlap: float = 0.25, batch_size: int = 4) -> torch.Tensor:
-    """Apply ``fn`` (``(B, C, w, w)`` → ``(B, K, w, w)``) over ``image`` ``(C, H, W)``; return ``(K, H, W)``.
+def pad_to(x: torch.Tensor, multiple: int, min_size: int = 0) -> tuple[torch.Tensor, int, int]:
+    """Pad ``(..., H, W)`` at the bottom/right up to a multiple of ``multiple`` (and at least
+    ``min_size``); return the padded tensor and the original ``H, W`` to crop outputs back.
 
-    Images smaller than ``window`` are reflect-padded up to it and the output cropped back.
-    """
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    c, h, w = image.shape
-    ph, pw = max(0, window - h), max(0, window - w)
+    Reflection keeps image statistics at the border (a zero border is an edge the network never saw
+    in training); when the padding is as large as the image itself reflection is undefined and the
+    edge is replicated instead."""
+    h, w = x.shape[-2:]
+    ph = max((-h) % multiple, min_size - h) if min_size > h else (-h) % multiple
+    pw = max((-w) % multiple, min_size - w) if min_size > w else (-w) % multiple
     if ph or pw:
         mode = "reflect" if ph < h and pw < w else "replicate"
-        image = torch.nn.functional.pad(image[None], (0, pw, 0, ph), mode=mode)[0]
-    H, W = image.shape[-2:]
-    stride = max(1, int(round(window * (1 - overlap))))
-    boxes = [(y, x) for y in window_starts(H, window, stride) for x in window_starts(W, window, stride)]
-    weight = blend_weights(window).to(image.device)
-    acc = None
-    norm = torch.zeros((H, W), device=image.device)
-    for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i:i + batch_size]
-        batch = torch.stack([image[:, y:y + window, x:x + window] for y, x in chunk])
-        out = fn(batch).float()
-        if acc is None:
-            acc = torch.zeros((out.shape[1], H, W), device=image.device)
-        for (y, x), o in zip(chunk, out):
-            acc[:, y:y + window, x:x + window] += o * weight
-            norm[y:y + window, x:x + window] += weight
-    assert acc is not None
-    return (acc / norm)[:, :h, :w]
+        squeeze = x.ndim == 3
+        x = F.pad(x[None] if squeeze else x, (0, pw, 0, ph), mode=mode)
+        x = x[0] if squeeze else x
+    return x, h, w
 
 
-def write_prediction(index: np.ndarray, scheme: LabelScheme, like: Tile, tif_path: str | os.PathLike,
-                     png_path: str | os.PathLike | None = None) -> Path:
-    """Write class indices as a GeoTIFF with ``like``'s CRS/transform (plus a colour PNG)."""
-    colormap = {i: tuple(c) for i, c in enumerate(scheme.colors)}
-    colormap[scheme.ignore_index] = (0, 0, 0)
-    path = write_geotiff(tif_path, index.astype(np.uint8), crs=like.crs, transform=like.transform, colormap=colormap)
-    if png_path is not None:
-        write_png(png_path, scheme.decode(index))
-    return path
+def __getattr__(name: str):
+    """Names that moved out of this module keep working from their old import path."""
+    if name in ('predict_sliding', 'write_prediction'):
+        from ..inference import sliding
+
+        return getattr(sliding, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

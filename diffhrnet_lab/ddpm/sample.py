@@ -43,3 +43,18 @@ def denoising_loss(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Te
         pred = unet(x_t.to(device), tt.to(device)).sample.float().cpu()
         losses.append(torch.mean((pred - noise) ** 2).item())
     return float(sum(losses) / len(losses))
+
+
+def save_sample_grid(images: torch.Tensor, path, cols: int = 8) -> None:
+    """Samples ``(N, C, H, W)`` in ``[-1, 1]`` as one PNG grid of their first three bands (grey for
+    one band), written atomically."""
+    from pathlib import Path
+
+    from torchvision.utils import save_image
+
+    from ..fileio import atomic_path
+
+    rgb = images[:, :3] if images.shape[1] >= 3 else images[:, :1].repeat(1, 3, 1, 1)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_image((rgb.float() + 1) / 2, tmp, nrow=cols, padding=2, pad_value=1.0, format="png")

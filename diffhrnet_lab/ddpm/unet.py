@@ -44,6 +44,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' file name inside unet/
+
+
+def bundle_weights(folder: str | os.PathLike) -> Path:
+    """The U-Net weights file of a bundle or checkpoint folder (``unet/`` inside it)."""
+    return Path(folder) / "unet" / WEIGHTS_NAME
 
 
 def build_unet(preset: str, bands: int, sample_size: int) -> UNet2DModel:
@@ -91,7 +97,7 @@ def save_bundle(path: str | os.PathLike, unet: UNet2DModel, scheduler: DDPMSched
         if half:
             from safetensors.torch import load_file, save_file
 
-            weights = tmp / "unet" / "diffusion_pytorch_model.safetensors"
+            weights = bundle_weights(tmp)
             save_file({k: v.half() for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
@@ -106,9 +112,9 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     meta_file = path / "ddpm.json"
     if not meta_file.is_file():
         raise DataError(f"{path}: not a DDPM bundle (no ddpm.json); make one with `diffhrnet-lab pretrain`")
-    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = bundle_weights(path)
     if not weights.is_file():
-        raise DataError(f"{path}: no unet/diffusion_pytorch_model.safetensors (only safetensors weights are loaded)")
+        raise DataError(f"{path}: no unet/{WEIGHTS_NAME} (only safetensors weights are loaded)")
     try:
         meta = json.loads(meta_file.read_text())
         unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True, local_files_only=True,

@@ -28,7 +28,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .hrnet import HRNetBackbone, HRNetV2Head
 
 FUSION_OPS = ("concat", "add", "gated")
 STAGE_PRESETS = {"none": (), "late": (4,), "multistage": (1, 2, 3, 4)}
@@ -100,110 +99,10 @@ class FusionPoint(nn.Module):
         return x + torch.sigmoid(self.gate(torch.cat([x, mixed], 1))) * mixed
 
 
-def pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-    return x, h, w
+def __getattr__(name: str):
+    """Names that moved out of this module keep working from their old import path."""
+    if name in ('DiffHRNet', 'DDPMPixelClassifier'):
+        from . import segmenters
 
-
-class DiffHRNet(nn.Module):
-    """HRNetV2 with DDPM features fused at ``stages``; with no stages (or no extractor) it is plain HRNet.
-
-    ``extractor`` is a :class:`~diffhrnet_lab.ddpm.features.FeatureExtractor`; its U-Net becomes the
-    submodule ``ddpm`` (frozen unless ``finetune_ddpm``).  Inputs of any size: padded to a multiple
-    of 32 and the logits cropped back.
-    """
-
-    def __init__(self, num_classes: int, in_channels: int, variant: str = "w18_small", extractor=None,
-                 stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False,
-                 head_dropout: float = 0.1):
-        super().__init__()
-        self.stages = parse_stages(stages) if extractor is not None else ()
-        self.backbone = HRNetBackbone(variant, in_channels)
-        self.head = HRNetV2Head(self.backbone.out_channels, num_classes, dropout=head_dropout)
-        self.extractor = extractor
-        self.finetune_ddpm = finetune_ddpm
-        self.fusion_op = fusion
-        self.points = nn.ModuleDict()
-        if self.stages:
-            self.ddpm = extractor.unet
-            self.ddpm.requires_grad_(finetune_ddpm)
-            chans = [extractor.channels()[k] for k in extractor.keys]
-            for s in self.stages:
-                for i, width in enumerate(self.backbone.stage_channels[s - 1]):
-                    self.points[f"s{s}b{i}"] = FusionPoint(fusion, width, chans)
-
-    def ddpm_streams(self, x: torch.Tensor) -> list[torch.Tensor]:
-        assert self.extractor is not None
-        with torch.set_grad_enabled(self.finetune_ddpm and torch.is_grad_enabled()):
-            feats = self.extractor.compute(x)
-        return [feats[k] for k in self.extractor.keys]
-
-    def cached_streams(self, streams: Sequence[torch.Tensor], padded: torch.Size) -> list[torch.Tensor]:
-        """Precomputed streams (the feature cache), padded like the input was to a multiple of 32."""
-        out = []
-        for (t, b), f in zip(self.extractor.keys, streams):
-            s = self.extractor.info[b]["stride"]
-            ph, pw = padded[0] // s - f.shape[-2], padded[1] // s - f.shape[-1]
-            out.append(F.pad(f.float(), (0, pw, 0, ph), mode="replicate") if ph > 0 or pw > 0 else f.float())
-        return out
-
-    def forward(self, x: torch.Tensor, streams: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """``streams``: the extractor's features of ``x`` computed beforehand (one per key, at block
-        resolution); without them they are computed here."""
-        xp, h, w = pad_to(x, 32)
-        fuse = None
-        if self.stages:
-            streams = self.ddpm_streams(xp) if streams is None else self.cached_streams(streams, xp.shape[-2:])
-
-            def fuse(stage: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
-                if stage not in self.stages:
-                    return branches
-                return [self.points[f"s{stage}b{i}"](b, streams) for i, b in enumerate(branches)]
-
-        logits = self.head(self.backbone(xp, fuse))
-        logits = F.interpolate(logits, size=xp.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :h, :w]
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights to checkpoint: all but a frozen DDPM (that is referenced by hash instead)."""
-        sd = self.state_dict()
-        if not self.finetune_ddpm:
-            sd = {k: v for k, v in sd.items() if not k.startswith("ddpm.")}
-        return sd
-
-
-class DDPMPixelClassifier(nn.Module):
-    """DDPM-Seg's baseline: per-pixel MLP on DDPM features upsampled to the input size.
-
-    Baranchuk et al. train an ensemble of MLPs (Linear 128 → ReLU → BN → Linear 32 → ReLU → BN →
-    Linear K) on every pixel's concatenated features; 1x1 convolutions are the same MLP applied to
-    all pixels at once.  No HRNet: it shows what the diffusion features alone can do.
-    """
-
-    def __init__(self, num_classes: int, extractor, finetune_ddpm: bool = False):
-        super().__init__()
-        self.extractor = extractor
-        self.ddpm = extractor.unet
-        self.finetune_ddpm = finetune_ddpm
-        self.ddpm.requires_grad_(finetune_ddpm)
-        cin = sum(extractor.channels().values())
-        self.mlp = nn.Sequential(
-            nn.Conv2d(cin, 128, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(128),
-            nn.Conv2d(128, 32, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(32),
-            nn.Conv2d(32, num_classes, 1),
-        )
-        self.stages = ()
-
-    def forward(self, x: torch.Tensor, streams: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        if streams is None:
-            with torch.set_grad_enabled(self.finetune_ddpm and torch.is_grad_enabled()):
-                feats = self.extractor.compute(x)
-            streams = [feats[k] for k in self.extractor.keys]
-        size = x.shape[-2:]
-        up = [F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False) for f in streams]
-        return self.mlp(torch.cat(up, 1))
-
-    trainable_state_dict = DiffHRNet.trainable_state_dict
+        return getattr(segmenters, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

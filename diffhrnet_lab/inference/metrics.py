@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..fileio import markdown_table
+
 
 def pct(v: float) -> str:
     """A score in percent; NaN (class absent from truth and prediction) reads as 'absent'."""
@@ -45,10 +47,9 @@ class Scores:
                 "iou": dict(zip(self.classes, self.iou)), "f1": dict(zip(self.classes, self.f1))}
 
     def table(self) -> str:
-        rows = ["| class | IoU % | F1 % |", "|---|---|---|"]
-        rows += [f"| {c} | {pct(i)} | {pct(f)} |" for c, i, f in zip(self.classes, self.iou, self.f1)]
-        rows.append(f"| **mean** | **{100 * self.miou:.1f}** | **{100 * self.mf1:.1f}** |")
-        return "\n".join(rows) + f"\n\nOverall accuracy: {100 * self.oa:.1f} %"
+        rows = [[c, pct(i), pct(f)] for c, i, f in zip(self.classes, self.iou, self.f1)]
+        rows.append(["**mean**", f"**{100 * self.miou:.1f}**", f"**{100 * self.mf1:.1f}**"])
+        return markdown_table(["class", "IoU %", "F1 %"], rows) + f"\n\nOverall accuracy: {100 * self.oa:.1f} %"
 
 
 def scores(cm: torch.Tensor | np.ndarray, classes: list[str] | None = None) -> Scores:

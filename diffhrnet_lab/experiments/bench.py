@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .config import embedded_ddpm_dir, profile_config, samples_dir
+from ..config import embedded_ddpm_dir, profile_config, samples_dir
 
 _SETTINGS = {  # images per batch, crop size, repeats
     "smoke": (4, 64, 3),
@@ -31,15 +31,15 @@ _SETTINGS = {  # images per batch, crop size, repeats
 
 
 def _images(n: int, size: int) -> torch.Tensor:
-    from .data.datasets import LabelledTiles, find_pairs
+    from ..data.datasets import LabelledTiles, find_pairs
 
     ds = LabelledTiles(find_pairs(samples_dir() / "labelled"), "samples", crop_size=size, seed=0)
     return torch.stack([ds[i]["image"] for i in range(n)])
 
 
 def _extractor(profile: str):
-    from .ddpm.features import FeatureExtractor
-    from .ddpm.unet import build_scheduler, build_unet, load_bundle
+    from ..features.extractor import FeatureExtractor
+    from ..ddpm.unet import build_scheduler, build_unet, load_bundle
 
     fc = profile_config(profile).features
     if (embedded_ddpm_dir() / "ddpm.json").exists():
@@ -143,7 +143,7 @@ def bench_hrnet(profile: str = "smoke", variant: str | None = None) -> dict[str,
     on the same input and batch, timed alternately."""
     import timm
 
-    from .models.hrnet import TIMM_NAMES, HRNetBackbone
+    from ..models.hrnet import TIMM_NAMES, HRNetBackbone
 
     cfg = profile_config(profile)
     variant = variant or cfg.model.variant
@@ -165,7 +165,7 @@ def bench_diffhrnet(profile: str = "smoke") -> dict[str, Any]:
     """A Diff-HRNet (multistage, gated) train step over an HRNet-only one at the same batch: with the
     DDPM run inside the step, and with the feature cache (features precomputed, as
     ``features.cache`` does)."""
-    from .models.fusion import DiffHRNet
+    from ..models.segmenters import DiffHRNet
 
     cfg = profile_config(profile)
     n, size, repeats = cfg.data.batch_size, cfg.data.crop_size, _SETTINGS[profile][2]
@@ -206,7 +206,7 @@ def bench_demo(profile: str = "quick", runs: int = 2) -> dict[str, Any]:
 
 
 def bench_all(profile: str = "smoke", demo_profile: str = "quick", out: str = "results/bench.json") -> dict[str, Any]:
-    from .fileio import atomic_write_json
+    from ..fileio import atomic_write_json
 
     result = {"features": bench_features(profile), "hrnet": bench_hrnet(profile),
               "diffhrnet": bench_diffhrnet(profile), "demo": bench_demo(demo_profile),
@@ -232,7 +232,7 @@ def run(what: str, profile: str, as_json: bool) -> dict[str, Any]:
     elif what in BENCHES:
         result = BENCHES[what](profile)
     else:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"unknown benchmark '{what}'; available: all, demo, {', '.join(BENCHES)}")
     if as_json:

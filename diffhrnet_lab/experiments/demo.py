@@ -19,17 +19,19 @@ from pathlib import Path
 
 import torch
 
-from .config import embedded_ddpm_dir, profile_config, replace, samples_dir
-from .data.datasets import find_pairs
-from .data.io import BandStats, read_mask, read_tile
-from .data.labels import SAMPLES
-from .data.samples import generate_samples, verify_samples
-from .errors import DataError
-from .metrics import pct
-from .fileio import atomic_write_text, check_writable
-from .viz import plot_curves, plot_iou_bars, plot_miou, plot_predictions, plot_tiles_and_masks, save_figure
+from ..config import embedded_ddpm_dir, profile_config, replace, samples_dir
+from ..data.datasets import find_pairs
+from ..data.io import BandStats, read_mask, read_tile
+from ..data.labels import SAMPLES
+from ..data.samples import generate_samples, verify_samples
+from ..errors import DataError
+from ..inference.metrics import pct
+from ..fileio import atomic_write_text, check_writable, markdown_table
+from ..explore.viz import plot_curves, plot_iou_bars, plot_miou, plot_predictions, plot_tiles_and_masks, save_figure
 
-METHODS = {"HRNet": dict(method="hrnet"), "Diff-HRNet": dict(method="diffhrnet", stages="multistage")}
+from .methods import label, method_model
+
+DEMO_METHODS = ("hrnet", "diffhrnet")
 
 
 def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path | None = None, profile: str | None = None,
@@ -53,20 +55,22 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path | None = No
         raise DataError(f"{embedded_ddpm_dir()}: the embedded DDPM is missing; make it with "
                         "`diffhrnet-lab pretrain --profile quick --out runs/ddpm_tiny --export data_samples/ddpm_tiny --export-half`")
 
-    from .train import finetune, validate
-    from .data.datasets import LabelledTiles
+    from ..training.finetune import finetune
+    from ..inference.evaluate import validate
+    from ..data.datasets import LabelledTiles
 
     base = profile_config(profile)
     base.data = replace(base.data, root=str(data / "labelled"))
     summaries, models = {}, {}
-    for name, changes in METHODS.items():
-        cfg = dataclasses.replace(base, model=replace(base.model, **changes))
-        run = out / name.lower().replace("-", "")
+    for key in DEMO_METHODS:
+        name = label(key)
+        cfg = dataclasses.replace(base, model=method_model(base.model, key))
+        run = out / key
         print(f"[demo] fine-tuning {name} ({base.name} profile) → {run}")
         summaries[name] = finetune(cfg, run, resume="latest", progress=progress)
         models[name] = run / "best"
 
-    from .train import load_segmenter
+    from ..models.segmenters import load_segmenter
 
     val_groups = summaries["HRNet"]["val_groups"]
     val_pairs = [p for p in pairs if p.group in val_groups]
@@ -74,7 +78,7 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path | None = No
     for name, ckpt in models.items():
         model, meta = load_segmenter(ckpt)
         ds = LabelledTiles(val_pairs, SAMPLES, stats=BandStats.from_dict(meta["stats"]))
-        from .metrics import scores as to_scores
+        from ..inference.metrics import scores as to_scores
 
         cm, p = validate(model, ds, base.train.eval_window, torch.device("cpu"))
         preds[name], scores_by[name] = p, to_scores(cm, list(SAMPLES.classes))
@@ -102,15 +106,13 @@ def _report(profile, pairs, val_groups, scores_by, summaries, wall_s) -> str:
         f"Profile **{profile}**; {len(pairs)} labelled sample scenes, validation on whole held-out scenes "
         f"{', '.join(val_groups)} (sliding window); same data, seed and schedule for every method. "
         f"Wall time {wall_s:.0f} s.", "",
-        "| method | mIoU % | mF1 % | OA % | best step |", "|---|---|---|---|---|",
+        markdown_table(["method", "mIoU %", "mF1 %", "OA %", "best step"],
+                       [[n, f"{100 * scores_by[n].miou:.1f}", f"{100 * scores_by[n].mf1:.1f}", f"{100 * scores_by[n].oa:.1f}",
+                         summaries[n]["best_step"]] for n in names]),
     ]
-    for n in names:
-        s = scores_by[n]
-        lines.append(f"| {n} | {100 * s.miou:.1f} | {100 * s.mf1:.1f} | {100 * s.oa:.1f} | {summaries[n]['best_step']} |")
     lines += ["", "![mIoU side by side](miou.png)", "", "## Per-class IoU", "",
-              "| class | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for i, c in enumerate(scores_by[names[0]].classes):
-        lines.append(f"| {c} | " + " | ".join(pct(scores_by[n].iou[i]) for n in names) + " |")
+              markdown_table(["class", *names], [[c, *(pct(scores_by[n].iou[i]) for n in names)]
+                                                 for i, c in enumerate(scores_by[names[0]].classes)])]
     lines += ["", "![per-class IoU](iou.png)", "", "## Predictions beside ground truth", "",
               "![predictions](predictions.png)", "", "## Training", "", "![curves](curves.png)", "",
               "## The embedded samples", "", "![tiles and masks](samples.png)", ""]

@@ -22,8 +22,9 @@ from accelerate.utils import gather_object
 from ..config import FeatureConfig, embedded_ddpm_dir
 from ..data.io import list_tiles, read_tile
 from ..fileio import atomic_write_json, check_writable
-from .features import FeatureExtractor, tile_cache_path, tile_features
-from .unet import load_bundle
+from ..ddpm.unet import load_bundle
+from .extractor import FeatureExtractor
+from .tile_cache import tile_cache_path, tile_features
 
 
 def archive_items(data: Path) -> list[tuple[str, Path]]:
@@ -51,10 +52,10 @@ def extract_archive(data: str | os.PathLike, cache_dir: str | os.PathLike, featu
 
     with accelerator.split_between_processes(items) as mine:
         tile_features(fx, load(mine), window=features.cache_window, progress=progress and accelerator.is_main_process,
-                      keep=False)
+                      keep=False, dtype=features.cache_dtype)
         done = [(accelerator.process_index, image_id) for image_id, _ in mine]
     written = gather_object(done)
-    folder = tile_cache_path(fx, "x", features.cache_window).parent
+    folder = tile_cache_path(fx, "x", features.cache_window, features.cache_dtype).parent
     manifest = {"data": str(data), "tiles": len(items), "processes": accelerator.num_processes,
                 "cache": str(folder), "timesteps": list(fx.timesteps), "blocks": list(fx.blocks),
                 "window": features.cache_window, "written_by": {i: r for r, i in written}}

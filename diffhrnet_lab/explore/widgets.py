@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .analysis import kmeans, pca_rgb
-from .ddpm.features import FeatureExtractor
+from ..features.extractor import FeatureExtractor
 from .viz import to_rgb
 
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .ddpm.features import FeatureExtractor, FeatureKey
-from .metrics import confusion_matrix, scores
+from ..features.extractor import FeatureExtractor, FeatureKey
+from ..inference.metrics import confusion_matrix, scores
 
 
 def pca_rgb(feat: torch.Tensor, basis: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:

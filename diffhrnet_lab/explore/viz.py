@@ -9,9 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.io import BandStats
-from .data.labels import LabelScheme
-from .fileio import atomic_path
+from ..data.io import BandStats
+from ..data.labels import LabelScheme
+from ..fileio import atomic_path
 
 
 def to_rgb(image: np.ndarray, stats: BandStats | None = None, bands: Sequence[int] = (0, 1, 2)) -> np.ndarray:

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import profile_config, replace
-from .errors import ConfigError
-from .fileio import atomic_write_json
+from ..config import profile_config, replace
+from ..errors import ConfigError
+from ..fileio import atomic_write_json
+from ..fileio import markdown_table as _markdown
 
 # name → notebook parameters; the keys of each dict are parameters of notebooks/experiment.ipynb
 ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -31,30 +32,45 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "ddpm": {f"ddpm-{'finetuned' if f else 'frozen'}": {"method": "diffhrnet", "finetune_ddpm": f} for f in (False, True)},
 }
 
-EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "method": "diffhrnet", "stages": "multistage", "fusion": "gated", "timesteps": [50, 150, 250], "blocks": [0, 1],
-    "label_budget": 0, "finetune_ddpm": False, "seed": 0,
-}
+# The parameters of one experiment (and of notebooks/experiment.ipynb).  An empty value ("", [], None)
+# means "the profile's": defaults live in config.py only, so a full-profile sweep runs the full
+# profile's blocks and timesteps unless a configuration names others.
+EXPERIMENT_PARAMS = ("method", "stages", "fusion", "timesteps", "blocks", "label_budget", "finetune_ddpm", "seed")
+
+
+def experiment_config(profile: str, **params: Any):
+    """The profile's config with the experiment's non-empty parameters applied."""
+    unknown = sorted(set(params) - set(EXPERIMENT_PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown experiment parameter(s) {unknown}; valid: {', '.join(EXPERIMENT_PARAMS)}")
+    given = {k: v for k, v in params.items() if v is not None and v != "" and v != []}
+    cfg = profile_config(profile)
+    model = {k: given[k] for k in ("method", "stages", "fusion") if k in given}
+    if "finetune_ddpm" in given:
+        model["finetune_ddpm"] = bool(given["finetune_ddpm"])
+    cfg.model = replace(cfg.model, **model)
+    feats = {k: tuple(int(v) for v in given[k]) for k in ("timesteps", "blocks") if k in given}
+    cfg.features = replace(cfg.features, **feats)
+    if "label_budget" in given:
+        cfg.data = replace(cfg.data, label_budget=int(given["label_budget"]) or None)
+    if "seed" in given:
+        cfg.train = replace(cfg.train, seed=int(given["seed"]))
+    return cfg
 
 
 def run_experiment(run: str, profile: str, results_dir: str | os.PathLike = "results", runs_dir: str | os.PathLike = "runs/sweep",
                    progress: bool = False, **params: Any) -> dict[str, Any]:
     """Fine-tune one configuration (``label_budget=0``: all training scenes) and write ``results/<run>.json``."""
-    unknown = sorted(set(params) - set(EXPERIMENT_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown experiment parameter(s) {unknown}; valid: {', '.join(EXPERIMENT_DEFAULTS)}")
-    p = {**EXPERIMENT_DEFAULTS, **params}
-    from .train import finetune
+    from ..training.finetune import finetune
 
-    cfg = profile_config(profile)
-    cfg.data = replace(cfg.data, label_budget=int(p["label_budget"]) or None)
-    cfg.model = replace(cfg.model, method=p["method"], stages=p["stages"], fusion=p["fusion"], finetune_ddpm=bool(p["finetune_ddpm"]))
-    cfg.features = replace(cfg.features, timesteps=tuple(p["timesteps"]), blocks=tuple(p["blocks"]))
-    cfg.train = replace(cfg.train, seed=int(p["seed"]))
+    cfg = experiment_config(profile, **params)
     t0 = time.time()
     summary = finetune(cfg, Path(runs_dir) / run, resume="latest", progress=progress)
     best = summary.get("best_scores") or {}
-    result = {"run": run, "profile": profile, **p, "miou": summary["best_miou"], "oa": best.get("oa"),
+    used = {"method": cfg.model.method, "stages": cfg.model.stages, "fusion": cfg.model.fusion,
+            "timesteps": list(cfg.features.timesteps), "blocks": list(cfg.features.blocks),
+            "label_budget": cfg.data.label_budget or 0, "finetune_ddpm": cfg.model.finetune_ddpm, "seed": cfg.train.seed}
+    result = {"run": run, "profile": profile, **used, "miou": summary["best_miou"], "oa": best.get("oa"),
               "iou": best.get("iou"), "best_step": summary["best_step"], "train_groups": summary["train_groups"],
               "val_groups": summary["val_groups"], "wall_s": round(time.time() - t0, 1)}
     atomic_write_json(Path(results_dir) / f"{run}.json", result)
@@ -102,15 +118,11 @@ def aggregate(results_dir: str | os.PathLike = "results", runs: Iterable[str] | 
 
 def markdown_table(rows: list[dict[str, Any]], columns: Iterable[str] = ("run", "method", "stages", "fusion", "timesteps",
                                                                            "blocks", "label_budget", "miou")) -> str:
+    """The sweep's results as a markdown table (mIoU and OA in percent)."""
     cols = list(columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append(f"{100 * v:.1f}" if c in ("miou", "oa") and isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [[f"{100 * r[c]:.1f}" if c in ("miou", "oa") and isinstance(r.get(c), float) else str(r.get(c)) for c in cols]
+             for r in rows]
+    return _markdown(cols, cells)
 
 
 def plot_budget(rows: list[dict[str, Any]]):

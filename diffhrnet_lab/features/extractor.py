@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
+from ..data.tiling import pad_to
+from ..ddpm.unet import DDPMBundle, bundle_weights, unet_stride
 from ..errors import ConfigError
-from .checkpoints import load_tensors, save_tensors
-from .unet import DDPMBundle, unet_stride
+from ..fileio import atomic_save_tensors, load_tensors
 
 FeatureKey = tuple[int, int]  # (timestep, decoder block)
 
@@ -82,7 +83,7 @@ class FeatureExtractor:
     def from_bundle(cls, bundle: DDPMBundle, timesteps: Sequence[int], blocks: Sequence[int], **kw) -> "FeatureExtractor":
         ckpt = None
         if bundle.path is not None:
-            ckpt = file_hash(bundle.path / "unet" / "diffusion_pytorch_model.safetensors")
+            ckpt = file_hash(bundle_weights(bundle.path))
         return cls(bundle.unet, bundle.scheduler, timesteps, blocks, checkpoint_id=ckpt, **kw)
 
     @property
@@ -115,12 +116,7 @@ class FeatureExtractor:
         if images.shape[1] != self.unet.config.in_channels:
             raise ConfigError(f"images have {images.shape[1]} band(s) but the DDPM was trained on "
                               f"{self.unet.config.in_channels}")
-        n, c, h, w = images.shape
-        ph, pw = (-h) % self.stride, (-w) % self.stride
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            images = F.pad(images, (0, pw, 0, ph), mode=mode)
-        return images, h, w
+        return pad_to(images, self.stride)
 
     def _noised(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x_t`` for every (t, image), t-major: rows ``[t0: img0..imgN-1, t1: ...]``."""
@@ -183,48 +179,12 @@ class FeatureExtractor:
                 out[i] = sample
         return out
 
-    @torch.inference_mode()
     def compute_tiled(self, image: torch.Tensor, window: int = 128, overlap: float = 0.25,
-                      batch_size: int = 8) -> dict[FeatureKey, torch.Tensor]:
-        """Features of one whole tile ``(C, H, W)``, computed in overlapping windows and blended.
+                      **kw) -> dict[FeatureKey, torch.Tensor]:
+        """Whole-tile features in blended windows: :func:`~diffhrnet_lab.features.tile_cache.compute_tiled`."""
+        from .tile_cache import compute_tiled
 
-        A tile's features are computed once and cropped for every training crop and for
-        validation (the feature cache): the DDPM sees windows of the size it was trained near, its
-        attention stays small, and window seams are blended away as in sliding-window inference.
-        Windows start on multiples of the U-Net stride, so every window's feature grid lies on the
-        tile's.  Returns ``{(t, b): (C_b, ceil(H/s_b), ceil(W/s_b))}``.
-        """
-        from ..data.tiling import blend_weights, window_starts
-
-        if self.upsample:
-            raise ConfigError("compute_tiled returns features at block resolution; use upsample=False")
-        s = self.stride
-        window = max(s, window - window % s)
-        padded, h, w = self._prepare(image[None])
-        H, W = padded.shape[-2:]
-        wy, wx = min(window, H), min(window, W)  # a tile smaller than the window is one window
-        step = max(s, int(round(window * (1 - overlap))) // s * s)
-        boxes = [(y, x) for y in window_starts(H, wy, step) for x in window_starts(W, wx, step)]
-        acc: dict[FeatureKey, torch.Tensor] = {}
-        norm: dict[int, torch.Tensor] = {}
-        for i in range(0, len(boxes), batch_size):
-            chunk = boxes[i:i + batch_size]
-            feats = self.compute(torch.stack([padded[0, :, y:y + wy, x:x + wx] for y, x in chunk]))
-            for key, f in feats.items():
-                bs = self.info[key[1]]["stride"]
-                if key not in acc:
-                    acc[key] = torch.zeros((f.shape[1], H // bs, W // bs))
-                wgt = blend_weights(wy // bs, wx // bs)
-                for (y, x), fi in zip(chunk, f):
-                    acc[key][:, y // bs:(y + wy) // bs, x // bs:(x + wx) // bs] += fi.float().cpu() * wgt
-                    if key[0] == self.timesteps[0]:
-                        n = norm.setdefault(key[1], torch.zeros((H // bs, W // bs)))
-                        n[y // bs:(y + wy) // bs, x // bs:(x + wx) // bs] += wgt
-        out = {}
-        for (t, b), a in acc.items():
-            bs = self.info[b]["stride"]
-            out[(t, b)] = (a / norm[b])[:, : math.ceil(h / bs), : math.ceil(w / bs)]
-        return out
+        return compute_tiled(self, image, window=window, overlap=overlap, **kw)
 
     # -- the naive way, for tests and benchmarks ------------------------------------------------
     @torch.inference_mode()
@@ -274,7 +234,7 @@ class FeatureExtractor:
             fresh = self(images[missing])
             for j, i in enumerate(missing):
                 item = {f"{t}_{b}": v[j].contiguous() for (t, b), v in fresh.items()}
-                _atomic_save(paths[i], item)
+                atomic_save_tensors(paths[i], item)
                 cached[i] = item
         return {(t, b): torch.stack([c[f"{t}_{b}"] for c in cached]).to(images.device) for t, b in self.keys}
 
@@ -285,44 +245,6 @@ class FeatureExtractor:
         for batch in tqdm(batches, desc="DDPM features", disable=not progress):
             ids = list(batch["id"])
             yield ids, self.extract(batch["image"], ids)
-
-
-def tile_features(fx: FeatureExtractor, items: Iterable[tuple[str, torch.Tensor]], window: int = 128,
-                  progress: bool = False, keep: bool = True) -> list[list[torch.Tensor]]:
-    """Whole-tile features (:meth:`FeatureExtractor.compute_tiled`) of ``(id, image)`` items, as
-    float16 streams in ``fx.keys`` order; served from and written to ``fx.cache_dir`` when set, so
-    runs that share a DDPM (seeds, label budgets, fusion variants) compute them once.  ``keep=False``
-    only fills the cache (memory stays flat over an archive) and returns nothing."""
-    from tqdm.auto import tqdm
-
-    out = []
-    for image_id, image in tqdm(items, desc="DDPM tile features", disable=not progress, leave=False):
-        path = tile_cache_path(fx, image_id, window) if fx.cache_dir is not None else None
-        if not keep and path is not None and path.is_file():
-            continue
-        cached = load_tensors(path) if path is not None and path.is_file() else None
-        if cached is None or any(f"{t}_{b}" not in cached for t, b in fx.keys):
-            feats = fx.compute_tiled(image, window=window)
-            cached = {f"{t}_{b}": v.half().contiguous() for (t, b), v in feats.items()}
-            if path is not None:
-                _atomic_save(path, cached)
-        if keep:
-            out.append([cached[f"{t}_{b}"] for t, b in fx.keys])
-    return out
-
-
-def tile_cache_path(fx: FeatureExtractor, image_id: str, window: int) -> Path:
-    """Where :func:`tile_features` keeps a tile's features: one file per tile, so processes that
-    each handle a disjoint slice of an archive never write the same file."""
-    return fx._cache_path(image_id, f"tiled{window}")
-
-
-def _atomic_save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from ..fileio import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_tensors(tmp, tensors)
 
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..errors import DataError
-from ..fileio import atomic_dir
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_dir, load_tensors, save_tensors
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -57,16 +57,18 @@ def save_checkpoint(ckpt_root: Path, step: int, write: Callable[[Path], None], k
     final = ckpt_root / f"step_{step:07d}"
     with atomic_dir(final) as tmp:
         write(tmp)
-        _fault_point("checkpoint-write", step)
+        fault_point("checkpoint-write", step)
     for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def _fault_point(where: str, step: int) -> None:
+def fault_point(where: str, step: int) -> None:
     """Crash tests: ``DHL_FAULT=kill:checkpoint-write:4`` SIGKILLs this process while the step-4
     checkpoint is half written (its files in the hidden temporary folder, not yet renamed), the
-    moment a pre-emption or power cut would do most harm.  Unset, this does nothing."""
+    moment a pre-emption or power cut would do most harm; ``kill:step:5`` right after optimizer
+    step 5, between checkpoints (what a pre-emption at a random moment does, made repeatable).
+    Unset, this does nothing."""
     if os.environ.get("DHL_FAULT") == f"kill:{where}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -133,12 +135,30 @@ def resolve_resume(resume: str | None, ckpt_root: Path) -> Path | None:
     return path
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+def write_state(d: Path, tensors: dict[str, dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                state: dict[str, Any]) -> None:
+    """The resumable state of a loop into checkpoint folder ``d``: each ``tensors`` entry as
+    ``<name>.safetensors``, the optimizer as tensors + JSON, and ``state.json`` (step, config, ...)."""
+    for name, t in tensors.items():
+        save_tensors(d / f"{name}.safetensors", t)
+    opt_tensors, desc = optimizer_to_tensors(optimizer)
+    save_tensors(d / "optimizer.safetensors", opt_tensors)
+    (d / "optimizer.json").write_text(json.dumps(desc))
+    (d / "state.json").write_text(json.dumps(state, indent=1, default=str))
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"{path}: cannot read safetensors file ({str(exc)[:120]})") from None
+def read_state(d: Path, optimizer: torch.optim.Optimizer, same: dict[str, Any]) -> dict[str, Any]:
+    """Load the optimizer from ``d`` and return its ``state.json``, after checking that every
+    setting in ``same`` (``"section.key"`` or ``"key"`` of the saved config → this run's value)
+    matches: resuming with another batch size or seed would silently continue a different run."""
+    state = json.loads((d / "state.json").read_text())
+    for dotted, want in same.items():
+        have: Any = state["config"]
+        for part in dotted.split("."):
+            have = have.get(part) if isinstance(have, dict) else None
+        if have != want:
+            raise ConfigError(f"{d}: checkpoint has {dotted}={have!r} but this run has {want!r}; resume with the "
+                              "same settings or start a new output folder")
+    optimizer_from_tensors(optimizer, load_tensors(d / "optimizer.safetensors"),
+                           json.loads((d / "optimizer.json").read_text()))
+    return state

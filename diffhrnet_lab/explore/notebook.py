@@ -12,8 +12,8 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from .config import ProfileConfig, check_profile, default_profile, profile_config
-from .errors import ConfigError
+from ..config import ProfileConfig, check_profile, default_profile, profile_config
+from ..errors import ConfigError
 
 DECLARED_MARKER = "# Parameters you can change"
 INJECTED_MARKER = "# Parameters\n"

@@ -28,24 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import ProfileConfig, profile_config, replace
-from .data.datasets import find_pairs, first_per_group, groups_of
-from .errors import ConfigError, DataError
-from .fileio import atomic_write_csv, atomic_write_json, atomic_write_text, check_writable
-
-METHOD_SETTINGS: dict[str, dict[str, Any]] = {
-    "hrnet": {"method": "hrnet"},
-    "ddpm_mlp": {"method": "ddpm_mlp"},
-    "late": {"method": "diffhrnet", "stages": "late"},
-    "multistage": {"method": "diffhrnet", "stages": "multistage"},
-}
-
+from ..config import ProfileConfig, profile_config, replace
+from ..data.datasets import find_pairs, first_per_group, groups_of
+from ..errors import DataError
+from ..fileio import atomic_write_csv, atomic_write_json, atomic_write_text, check_writable, markdown_table
+from .methods import check_methods, label, method_model
 
 def _check(cfg: ProfileConfig, root: Path) -> list[str]:
     le = cfg.label_efficiency
-    unknown = [m for m in le.methods if m not in METHOD_SETTINGS]
-    if unknown:
-        raise ConfigError(f"label-efficiency methods {unknown}: choose from {', '.join(METHOD_SETTINGS)}")
+    check_methods(le.methods)
     groups = groups_of(first_per_group(find_pairs(root), cfg.data.max_per_group))
     if le.held_out not in groups:
         raise DataError(f"{root}: held-out scene '{le.held_out}' not found; scenes are {groups}")
@@ -57,7 +48,7 @@ def _check(cfg: ProfileConfig, root: Path) -> list[str]:
 
 def pretrain_pool_ddpm(cfg: ProfileConfig, root: Path, out: Path, progress: bool = True) -> Path:
     """Step 1: the DDPM on every image of ``root/images`` (all scenes, labels unused); resumable."""
-    from .ddpm.pretrain import pretrain
+    from ..training.pretrain import pretrain
 
     final = out / "ddpm" / "final"
     if (final / "ddpm.json").exists():
@@ -78,7 +69,7 @@ def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, meth
     return dataclasses.replace(
         cfg,
         data=replace(cfg.data, root=str(root), val_groups=(le.held_out,), label_budget=budget, seed=seed),
-        model=replace(cfg.model, **METHOD_SETTINGS[method]),
+        model=method_model(cfg.model, method),
         features=replace(cfg.features, checkpoint=str(ddpm), cache=True, cache_dir=cfg.features.cache_dir or str(cache_dir)),
         train=replace(cfg.train, steps=steps, seed=seed, eval_every=steps, eval_window=0,
                       checkpoint_every=min(cfg.train.checkpoint_every, steps)),
@@ -93,7 +84,7 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
     per run), ``label_efficiency.json`` (mean ± std per method and budget), ``table.md`` and
     ``label_efficiency.png``.  ``ddpm``: use this bundle instead of pretraining one.
     """
-    from .train import finetune
+    from ..training.finetune import finetune
 
     cfg = cfg or profile_config()
     root = Path(data)
@@ -121,7 +112,7 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
     atomic_write_csv(out / "results.csv", rows, ["method", "budget", "seed", "miou", "train_groups", "seconds"])
     atomic_write_json(out / "label_efficiency.json", result)
     atomic_write_text(out / "table.md", markdown(result["table"], le.budgets) + "\n")
-    from .viz import save_figure
+    from ..explore.viz import save_figure
 
     save_figure(plot(result["table"]), out / "label_efficiency.png")
     print(markdown(result["table"], le.budgets))
@@ -143,7 +134,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(table: list[dict[str, Any]], budgets) -> str:
-    lines = ["| method | " + " | ".join(f"{b} scene(s)" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    """Mean ± std per method and budget, with the gap to HRNet-only in brackets."""
+    rows = []
     for method in dict.fromkeys(r["method"] for r in table):
         cells = []
         for b in budgets:
@@ -153,8 +145,8 @@ def markdown(table: list[dict[str, Any]], budgets) -> str:
                 continue
             gap = f" ({r['vs_hrnet']:+.1f})" if r["vs_hrnet"] is not None and method != "hrnet" else ""
             cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}{gap}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([method, *cells])
+    return markdown_table(["method", *(f"{b} scene(s)" for b in budgets)], rows)
 
 
 def plot(table: list[dict[str, Any]]):
@@ -165,7 +157,7 @@ def plot(table: list[dict[str, Any]]):
     for method in dict.fromkeys(r["method"] for r in table):
         pts = sorted((r["budget"], r["mean"], r["std"]) for r in table if r["method"] == method)
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                    label=method)
+                    label=label(method))
     ax.set_xlabel("labelled training scenes")
     ax.set_ylabel("held-out mIoU %")
     ax.set_xticks(sorted({r["budget"] for r in table}))

@@ -1,0 +1,219 @@
+"""The segmenters a run can train, and their checkpoints.
+
+* ``hrnet``: HRNetV2 alone (the baseline of every table);
+* ``diffhrnet``: HRNetV2 with DDPM features fused at chosen stages (Wu et al., GRSL 2024, §II);
+* ``ddpm_mlp``: DDPM-Seg's pixel classifier on the DDPM features alone (Baranchuk et al. 2022).
+
+A checkpoint folder (``best/``, ``last/``) holds ``model.safetensors`` and ``model.json`` (method,
+variant, fusion settings, classes, band statistics, and the DDPM's bundle path and weight hash).
+A frozen DDPM is not copied into it: it is found again through ``model.json`` and its hash checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import FeatureConfig, ModelConfig, embedded_ddpm_dir
+from ..data.tiling import pad_to
+from ..ddpm.unet import bundle_weights, load_bundle
+from ..errors import ConfigError, DataError
+from ..features.extractor import FeatureExtractor, file_hash
+from ..fileio import atomic_dir, atomic_write_json
+from .fusion import FusionPoint, parse_stages
+from .hrnet import HRNetBackbone, HRNetV2Head
+
+SEGMENTERS = ("hrnet", "diffhrnet", "ddpm_mlp")
+
+
+class DiffHRNet(nn.Module):
+    """HRNetV2 with DDPM features fused at ``stages``; with no stages (or no extractor) it is plain HRNet.
+
+    ``extractor`` is a :class:`~diffhrnet_lab.ddpm.features.FeatureExtractor`; its U-Net becomes the
+    submodule ``ddpm`` (frozen unless ``finetune_ddpm``).  Inputs of any size: padded to a multiple
+    of 32 and the logits cropped back.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, variant: str = "w18_small", extractor=None,
+                 stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False,
+                 head_dropout: float = 0.1):
+        super().__init__()
+        self.stages = parse_stages(stages) if extractor is not None else ()
+        self.backbone = HRNetBackbone(variant, in_channels)
+        self.head = HRNetV2Head(self.backbone.out_channels, num_classes, dropout=head_dropout)
+        self.extractor = extractor
+        self.finetune_ddpm = finetune_ddpm
+        self.fusion_op = fusion
+        self.points = nn.ModuleDict()
+        if self.stages:
+            self.ddpm = extractor.unet
+            self.ddpm.requires_grad_(finetune_ddpm)
+            chans = [extractor.channels()[k] for k in extractor.keys]
+            for s in self.stages:
+                for i, width in enumerate(self.backbone.stage_channels[s - 1]):
+                    self.points[f"s{s}b{i}"] = FusionPoint(fusion, width, chans)
+
+    def ddpm_streams(self, x: torch.Tensor) -> list[torch.Tensor]:
+        assert self.extractor is not None
+        with torch.set_grad_enabled(self.finetune_ddpm and torch.is_grad_enabled()):
+            feats = self.extractor.compute(x)
+        return [feats[k] for k in self.extractor.keys]
+
+    def cached_streams(self, streams: Sequence[torch.Tensor], padded: torch.Size) -> list[torch.Tensor]:
+        """Precomputed streams (the feature cache), padded like the input was to a multiple of 32."""
+        out = []
+        for (t, b), f in zip(self.extractor.keys, streams):
+            s = self.extractor.info[b]["stride"]
+            ph, pw = padded[0] // s - f.shape[-2], padded[1] // s - f.shape[-1]
+            out.append(F.pad(f.float(), (0, pw, 0, ph), mode="replicate") if ph > 0 or pw > 0 else f.float())
+        return out
+
+    def forward(self, x: torch.Tensor, streams: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``streams``: the extractor's features of ``x`` computed beforehand (one per key, at block
+        resolution); without them they are computed here."""
+        xp, h, w = pad_to(x, 32)
+        fuse = None
+        if self.stages:
+            streams = self.ddpm_streams(xp) if streams is None else self.cached_streams(streams, xp.shape[-2:])
+
+            def fuse(stage: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
+                if stage not in self.stages:
+                    return branches
+                return [self.points[f"s{stage}b{i}"](b, streams) for i, b in enumerate(branches)]
+
+        logits = self.head(self.backbone(xp, fuse))
+        logits = F.interpolate(logits, size=xp.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights to checkpoint: all but a frozen DDPM (that is referenced by hash instead)."""
+        sd = self.state_dict()
+        if not self.finetune_ddpm:
+            sd = {k: v for k, v in sd.items() if not k.startswith("ddpm.")}
+        return sd
+
+
+class DDPMPixelClassifier(nn.Module):
+    """DDPM-Seg's baseline: per-pixel MLP on DDPM features upsampled to the input size.
+
+    Baranchuk et al. train an ensemble of MLPs (Linear 128 → ReLU → BN → Linear 32 → ReLU → BN →
+    Linear K) on every pixel's concatenated features; 1x1 convolutions are the same MLP applied to
+    all pixels at once.  No HRNet: it shows what the diffusion features alone can do.
+    """
+
+    def __init__(self, num_classes: int, extractor, finetune_ddpm: bool = False):
+        super().__init__()
+        self.extractor = extractor
+        self.ddpm = extractor.unet
+        self.finetune_ddpm = finetune_ddpm
+        self.ddpm.requires_grad_(finetune_ddpm)
+        cin = sum(extractor.channels().values())
+        self.mlp = nn.Sequential(
+            nn.Conv2d(cin, 128, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(128),
+            nn.Conv2d(128, 32, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(32),
+            nn.Conv2d(32, num_classes, 1),
+        )
+        self.stages = ()
+
+    def forward(self, x: torch.Tensor, streams: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        if streams is None:
+            with torch.set_grad_enabled(self.finetune_ddpm and torch.is_grad_enabled()):
+                feats = self.extractor.compute(x)
+            streams = [feats[k] for k in self.extractor.keys]
+        size = x.shape[-2:]
+        up = [F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False) for f in streams]
+        return self.mlp(torch.cat(up, 1))
+
+    trainable_state_dict = DiffHRNet.trainable_state_dict
+
+
+def ddpm_dir_of(features: FeatureConfig) -> Path:
+    return Path(features.checkpoint) if features.checkpoint else embedded_ddpm_dir()
+
+
+def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: int, bands: int,
+                    bundle=None) -> nn.Module:
+    if model.method not in SEGMENTERS:
+        raise ConfigError(f"unknown method '{model.method}'; choose one of {', '.join(SEGMENTERS)}")
+    if model.method == "hrnet":
+        return DiffHRNet(num_classes, bands, model.variant, extractor=None, head_dropout=model.head_dropout)
+    if bundle is None:
+        raise ConfigError(f"method '{model.method}' needs a DDPM bundle")
+    if bundle.bands != bands:
+        raise DataError(f"{bundle.path}: the DDPM was trained on {bundle.bands} band(s) but the tiles have {bands}")
+    fx = FeatureExtractor.from_bundle(bundle, features.timesteps, features.blocks, noise_seed=features.noise_seed)
+    if model.method == "ddpm_mlp":
+        return DDPMPixelClassifier(num_classes, fx, finetune_ddpm=model.finetune_ddpm)
+    return DiffHRNet(num_classes, bands, model.variant, extractor=fx, stages=model.stages, fusion=model.fusion,
+                     finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout)
+
+
+def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
+                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write_json(tmp / "model.json", meta)
+    return path
+
+
+def _checkpoint_files(path: Path) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise DataError(f"{path}: not a kit checkpoint. Only safetensors weights are loaded; a pickle "
+                            "(.ckpt/.pt/.pth/.bin) is refused without being opened, since unpickling can run code")
+        path = path.parent
+    weights, meta = path / "model.safetensors", path / "model.json"
+    if not meta.is_file() or not weights.is_file():
+        raise DataError(f"{path}: not a segmentation checkpoint (needs model.json and model.safetensors)")
+    return weights, meta
+
+
+def load_segmenter(path: str | os.PathLike, ddpm_path: str | os.PathLike | None = None,
+                   expect: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a segmenter from its checkpoint folder (safetensors only).
+
+    ``expect`` (e.g. ``{"variant": "w18", "num_classes": 6}``) makes a mismatch an error that names
+    both the checkpoint's and the expected values.
+    """
+    weights, meta_file = _checkpoint_files(Path(path))
+    try:
+        meta = json.loads(meta_file.read_text())
+        state = load_file(str(weights))
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise DataError(f"{weights.parent}: corrupt checkpoint ({str(exc)[:150]})") from None
+    mc, fc = ModelConfig(**meta["model"]), FeatureConfig(**{**meta["features"], "timesteps": tuple(meta["features"]["timesteps"]),
+                                                            "blocks": tuple(meta["features"]["blocks"])})
+    for key, want in (expect or {}).items():
+        have = meta["num_classes"] if key == "num_classes" else getattr(mc, key, meta.get(key))
+        if have != want:
+            raise DataError(f"{weights.parent}: checkpoint is {mc.method} {mc.variant} with {meta['num_classes']} "
+                            f"classes, but {key}={want!r} was expected (checkpoint has {have!r})")
+    bundle = None
+    if mc.method != "hrnet":
+        ddpm_dir = Path(ddpm_path) if ddpm_path else (embedded_ddpm_dir() if meta["ddpm"]["path"] == "embedded"
+                                                       else Path(meta["ddpm"]["path"]))
+        bundle = load_bundle(ddpm_dir)
+        if not mc.finetune_ddpm:
+            have = file_hash(bundle_weights(ddpm_dir))
+            if have != meta["ddpm"]["sha256"]:
+                raise DataError(f"{ddpm_dir}: DDPM weights differ from those {weights.parent} was trained with "
+                                f"(sha256 {have[:12]} vs {meta['ddpm']['sha256'][:12]}); pass the right bundle")
+    model = build_segmenter(mc, fc, meta["num_classes"], meta["bands"], bundle)
+    own = model.trainable_state_dict()
+    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
+    missing = sorted(set(own) - set(state))
+    if bad or missing:
+        detail = f"{bad[0][0]} is {bad[0][1]} in the file, {bad[0][2]} in the model" if bad else f"missing {missing[:3]}"
+        raise DataError(f"{weights}: weights do not fit {mc.method} {mc.variant} with {meta['num_classes']} classes "
+                        f"as model.json says ({detail})")
+    model.load_state_dict(state, strict=False)
+    return model.eval(), meta

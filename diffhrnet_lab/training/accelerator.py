@@ -1,0 +1,97 @@
+"""What every training loop shares: the Accelerator, and batches that depend on the step alone.
+
+Two properties make runs exact (same numbers after a resume, on 1 or N processes):
+
+* the batches of step ``k`` are fixed by ``(seed, k)``: epoch ``e`` visits the samples in a
+  permutation seeded by ``(seed, e)``, and every crop is seeded by ``(seed, e, index)``;
+* the configured batch is the *global* batch, split across processes (``split_batches``).
+
+Speed: one DataLoader serves every step of a loop (:func:`step_loader`).  Building one per
+epoch, as the diffusers example does, restarts the worker processes every time; with a small pool
+(36 tiles, batch 32) an epoch is a single step, so the loop spent its time forking workers.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from torch.utils.data import BatchSampler, DataLoader
+
+from ..errors import ConfigError
+
+
+def make_accelerator(mixed_precision: str = "auto", log_with: str | None = None,
+                     project_dir: str | None = None) -> Accelerator:
+    """The Accelerator of every training loop: the configured batch is the *global* batch, split
+    across processes (``split_batches``), so 1 and N processes train on the same numbers.  It must go
+    through ``DataLoaderConfiguration``: accelerate 1.x ignores ``Accelerator(split_batches=...)``."""
+    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision),
+                       dataloader_config=DataLoaderConfiguration(split_batches=True),
+                       log_with=log_with or None, project_dir=project_dir)
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """``auto``: bf16 where the GPU supports it, else full precision."""
+    if choice == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if choice not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"mixed_precision '{choice}'; choose auto, no, bf16 or fp16")
+    return choice
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class StepBatchSampler(BatchSampler):
+    """The global batches of steps ``start .. end-1``, across as many epochs as that takes.
+
+    Items are *global sample numbers* ``epoch · n + index``: the dataset decodes the epoch from
+    them (``data.datasets._Seeded``), so workers need no shared epoch counter and one loader can
+    run through epochs.  A real :class:`BatchSampler` (with ``batch_size``) so that accelerate
+    shards each global batch across processes."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int):
+        self.n, self.batch_size, self.seed, self.start, self.end = n, batch_size, seed, start, end
+        self.drop_last = True
+        self.steps_per_epoch = n // batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{n} sample(s) per epoch is fewer than one batch of {batch_size}")
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    def __iter__(self):
+        step = self.start
+        while step < self.end:
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            order = epoch_order(self.n, self.seed, epoch)
+            for b in range(offset, self.steps_per_epoch):
+                if step >= self.end:
+                    return
+                yield [epoch * self.n + i for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+                step += 1
+
+
+def step_loader(accelerator: Accelerator, dataset, batch_size: int, seed: int, start: int, end: int,
+                num_workers: int = 0, pin_memory: bool | None = None) -> DataLoader:
+    """One DataLoader for the steps ``start .. end-1`` of a loop, prepared by accelerate.
+
+    The loader gets its own generator: a DataLoader iterator otherwise draws a seed from the global
+    RNG that dropout also uses, and a resumed run would then drop out different units.  Workers
+    (``num_workers``) start once per loop; pinned memory on CUDA makes the copy to the device
+    asynchronous."""
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start, end)
+    pin = accelerator.device.type == "cuda" if pin_memory is None else pin_memory
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
+                        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                        generator=torch.Generator().manual_seed(seed))
+    return accelerator.prepare_data_loader(loader, device_placement=True)
+
+
+def epoch_loader(accelerator: Accelerator, dataset, batch_size: int, seed: int, epoch: int, offset: int = 0,
+                 num_workers: int = 0) -> DataLoader:
+    """The batches of one epoch from batch ``offset`` on: :func:`step_loader` over that epoch's steps."""
+    spe = len(dataset) // batch_size
+    return step_loader(accelerator, dataset, batch_size, seed, epoch * spe + offset, (epoch + 1) * spe, num_workers)

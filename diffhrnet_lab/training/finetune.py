@@ -1,0 +1,228 @@
+"""Fine-tuning HRNet, Diff-HRNet and the DDPM pixel classifier on labelled tiles.
+
+The recipe is mmsegmentation's for HRNetV2 (cross-entropy with an ignore index, poly learning-rate
+decay with power 0.9, BN everywhere), with AdamW because few-label runs of a few hundred steps
+need its faster start.  Runs are reproducible and resumable like DDPM pretraining: data order and
+crops depend on (seed, step) only, the RNG state is checkpointed, everything is written
+atomically as safetensors + JSON.  Validation scores *whole* held-out tiles in windows
+(``inference.evaluate``), the way the model will be used, and the best checkpoint by validation
+mIoU is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..config import FeatureConfig, ProfileConfig, embedded_ddpm_dir
+from ..data.datasets import LabelledTiles, find_pairs, first_per_group, label_budget, split_by_group
+from ..data.io import compute_band_stats
+from ..data.labels import get_scheme
+from ..ddpm.unet import bundle_weights, load_bundle
+from ..errors import ConfigError
+from ..features.extractor import FeatureExtractor, file_hash
+from ..fileio import atomic_write_csv, atomic_write_json, check_writable, checkpoint_bytes, load_tensors
+from ..inference.evaluate import validate
+from ..inference.metrics import scores
+from ..models.hrnet import convert_timm_state_dict
+from ..models.segmenters import SEGMENTERS, build_segmenter, ddpm_dir_of, save_segmenter
+from .accelerator import make_accelerator, step_loader
+from .checkpoints import fault_point, read_state, resolve_resume, save_checkpoint, write_state
+from .pretrain import LossLog
+from .schedules import poly_with_warmup
+
+
+def poly_lr(step: int, cfg) -> float:
+    return poly_with_warmup(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.poly_power)
+
+
+def _class_weights(ds: LabelledTiles, mode: str) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    if mode != "inverse_sqrt":
+        raise ConfigError(f"class_weights '{mode}': choose none or inverse_sqrt")
+    freq = ds.class_pixel_counts().astype(np.float64)
+    w = 1.0 / np.sqrt(np.maximum(freq / freq.sum(), 1e-4))
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def train_step(model: nn.Module, batch: dict, optimizer, accelerator, lr: float, weights: torch.Tensor | None,
+               ignore_index: int) -> torch.Tensor:
+    """One optimisation step; returns the (global mean) loss, left on the device."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    with accelerator.autocast():
+        logits = model(batch["image"], batch.get("streams"))
+    loss = F.cross_entropy(logits.float(), batch["mask"], weight=weights, ignore_index=ignore_index)
+    accelerator.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return accelerator.gather(loss.detach()[None]).mean()
+
+
+def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None = None, stop_after: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.model`` on the labelled tiles of ``cfg.data``; return the summary (also ``summary.json``)."""
+    out = check_writable(out_dir)
+    dc, mc, tc, fc = cfg.data, cfg.model, cfg.train, cfg.features
+    if mc.method not in SEGMENTERS:
+        raise ConfigError(f"unknown method '{mc.method}'; choose one of {', '.join(SEGMENTERS)}")
+    if fc.cache and mc.finetune_ddpm:
+        raise ConfigError("features.cache needs a frozen DDPM: cached features cannot follow a DDPM being fine-tuned")
+    accelerator = make_accelerator(tc.mixed_precision)
+    main = accelerator.is_main_process
+    scheme = get_scheme(dc.scheme)
+    pairs = first_per_group(find_pairs(dc.resolved_root()), dc.max_per_group)
+    train_pairs, val_pairs = split_by_group(pairs, dc.val_groups, dc.val_fraction, seed=dc.seed)
+    train_pairs = label_budget(train_pairs, dc.label_budget, seed=dc.seed)
+    bundle = load_bundle(ddpm_dir_of(fc)) if mc.method != "hrnet" else None
+    stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])
+    n_batches = max(1, -(-len(train_pairs) // dc.batch_size))
+    train_ds = LabelledTiles(train_pairs, scheme, stats, crop_size=dc.crop_size, augment=True,
+                             samples_per_epoch=n_batches * dc.batch_size, seed=tc.seed)
+    val_ds = LabelledTiles(val_pairs, scheme, stats)
+    set_seed(tc.seed)
+    model = build_segmenter(mc, fc, scheme.num_classes, stats.bands, bundle)
+    if fc.cache and mc.method != "hrnet":
+        model.extractor.unet.to(accelerator.device)
+        _attach_cached_features(model.extractor, fc, (train_ds, val_ds), progress and main)
+    if mc.init_timm:
+        model.backbone.load_state_dict(convert_timm_state_dict(load_tensors(Path(mc.init_timm)), model.backbone))
+    params = [p for p in model.parameters() if p.requires_grad]
+    check_writable(out, checkpoint_bytes(model, copies=3), "checkpoints (weights, optimizer)")
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    weights = _class_weights(train_ds, tc.class_weights)
+
+    meta = {"model": asdict(mc), "features": asdict(fc), "num_classes": scheme.num_classes, "scheme": scheme.name,
+            "classes": list(scheme.classes), "bands": stats.bands, "stats": stats.to_dict(), "eval_window": tc.eval_window,
+            "data": {"root": str(dc.root or "embedded samples"), "train_groups": sorted({p.group for p in train_pairs}),
+                     "val_groups": sorted({p.group for p in val_pairs}), "label_budget": dc.label_budget},
+            "ddpm": None if bundle is None else {
+                "path": "embedded" if ddpm_dir_of(fc).resolve() == embedded_ddpm_dir().resolve() else str(ddpm_dir_of(fc)),
+                "sha256": file_hash(bundle_weights(bundle.path))}}
+    step, best, history = 0, {"miou": -1.0, "step": 0}, []
+    ckpt_root = out / "checkpoints"
+    start = resolve_resume(resume, ckpt_root)
+    if start is not None:
+        step, best, history = _load_train_state(start, model, optimizer, cfg)
+        if main:
+            print(f"[finetune] resumed from {start} at step {step}")
+    if main:
+        print(f"[finetune] {accelerator.num_processes} process(es) on {accelerator.device.type}, global batch "
+              f"{dc.batch_size}, mixed precision {accelerator.mixed_precision}")
+    if dc.batch_size % accelerator.num_processes:
+        raise ConfigError(f"data.batch_size {dc.batch_size} must divide by the {accelerator.num_processes} processes "
+                          "(it is the global batch, split across them)")
+    if accelerator.num_processes > 1 and not tc.norm_eval:
+        if tc.sync_bn and accelerator.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif main:
+            print(f"[finetune] note: {accelerator.num_processes} processes on {accelerator.device.type}: BatchNorm "
+                  "statistics are per process (SyncBatchNorm needs GPUs); set train.norm_eval=true for results "
+                  "independent of the process count")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if weights is not None:
+        weights = weights.to(accelerator.device)
+    end = min(tc.steps, stop_after) if stop_after is not None else tc.steps
+    bar = tqdm(total=tc.steps, initial=step, desc=f"fine-tuning {mc.method}", disable=not (progress and main))
+    t0 = time.time()
+    last_good = start
+    losses, unlogged = LossLog(), []
+
+    def evaluate_now() -> dict:
+        cm, _ = validate(accelerator.unwrap_model(model), val_ds, tc.eval_window, accelerator.device)
+        train_mode(model, tc.norm_eval)
+        return scores(cm, list(scheme.classes)).as_dict()
+
+    def flush() -> None:
+        """Losses to the history rows that wait for them (one host sync per log interval)."""
+        for row, value in zip(unlogged, losses.flush(last_good)):
+            row["loss"] = value
+        unlogged.clear()
+        recent = [r["loss"] for r in history[-10:]]
+        bar.set_postfix(loss=f"{np.mean(recent):.3f}", best=f"{max(best['miou'], 0):.3f}")
+
+    train_mode(model, tc.norm_eval)
+    for batch in step_loader(accelerator, train_ds, dc.batch_size, tc.seed, step, end, tc.num_workers):
+        losses.add(step + 1, train_step(model, batch, optimizer, accelerator, poly_lr(step, tc), weights,
+                                        scheme.ignore_index))
+        step += 1
+        fault_point("step", step)
+        row = {"step": step, "loss": None, "seconds": round(time.time() - t0, 1)}
+        history.append(row)
+        unlogged.append(row)
+        bar.update(1)
+        eval_now = step % tc.eval_every == 0 or step == tc.steps
+        ckpt_now = step % tc.checkpoint_every == 0 or step == end
+        if eval_now or ckpt_now or step % tc.log_every == 0:
+            flush()
+        if eval_now:
+            val = evaluate_now()
+            row.update(val_miou=val["miou"], val_oa=val["oa"])
+            if val["miou"] > best["miou"]:
+                best = {"miou": val["miou"], "step": step, "scores": val}
+                if main:
+                    save_segmenter(out / "best", accelerator.unwrap_model(model), {**meta, "step": step, "val": val})
+        if ckpt_now:
+            if main:
+                last_good = save_checkpoint(ckpt_root, step, lambda d: _write_train_state(
+                    d, accelerator.unwrap_model(model), optimizer, step, best, history, cfg), tc.keep_checkpoints)
+            accelerator.wait_for_everyone()
+    bar.close()
+    summary = {"method": mc.method, "steps": step, "best_miou": best["miou"], "best_step": best["step"],
+               "best_scores": best.get("scores"), "history": history, "train_groups": meta["data"]["train_groups"],
+               "val_groups": meta["data"]["val_groups"], "out": str(out)}
+    if step >= tc.steps and main:
+        save_segmenter(out / "last", accelerator.unwrap_model(model), {**meta, "step": step})
+        atomic_write_csv(out / "history.csv", history, ["step", "loss", "seconds", "val_miou", "val_oa"])
+        atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def train_mode(model: nn.Module, norm_eval: bool = False) -> None:
+    """``model.train()``; with ``norm_eval`` every BatchNorm stays in eval mode (running statistics,
+    frozen), so each sample is normalised alone and a batch split across processes changes nothing."""
+    model.train()
+    if norm_eval:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _attach_cached_features(fx: FeatureExtractor, fc: FeatureConfig, datasets, progress: bool) -> None:
+    """The feature cache: each tile's DDPM features computed once (tiled, blended), then cropped
+    with the image for training and windowed with it for validation.  Training no longer runs the
+    DDPM, which on a CPU is most of a Diff-HRNet step."""
+    from ..features.tile_cache import tile_features
+
+    fx.cache_dir = Path(fc.cache_dir) if fc.cache_dir else None
+    strides = [fx.info[b]["stride"] for _, b in fx.keys]
+    for ds in datasets:
+        items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
+        ds.attach_features(tile_features(fx, items, window=fc.cache_window, progress=progress,
+                                         dtype=fc.cache_dtype), strides)
+
+
+def _write_train_state(d: Path, model: nn.Module, optimizer, step: int, best: dict, history: list, cfg: ProfileConfig) -> None:
+    write_state(d, {"model": model.trainable_state_dict(), "rng": {"torch": torch.get_rng_state()}}, optimizer,
+                {"step": step, "best": best, "history": history, "config": asdict(cfg)})
+
+
+def _load_train_state(d: Path, model: nn.Module, optimizer, cfg: ProfileConfig) -> tuple[int, dict, list]:
+    same = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, key in (
+        ("model", "method"), ("model", "variant"), ("model", "stages"), ("model", "fusion"),
+        ("data", "batch_size"), ("train", "seed"))}
+    state = read_state(d, optimizer, same)
+    model.load_state_dict(load_tensors(d / "model.safetensors"), strict=False)
+    torch.set_rng_state(load_tensors(d / "rng.safetensors")["torch"])
+    return int(state["step"]), state["best"], state["history"]
