@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_label_efficiency)
 
     s = sub.add_parser("bench", help="benchmarks that print figures and ratios")
-    s.add_argument("what", choices=["all", "features", "hrnet", "diffhrnet", "demo"],
+    s.add_argument("what", choices=["all", "features", "hrnet", "diffhrnet", "demo", "pipeline"],
                    help="all: every benchmark (demo in the quick profile) into results/bench.json")
     s.add_argument("--profile", default=None)
     s.add_argument("--json", action="store_true", help="one JSON line")

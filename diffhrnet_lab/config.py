@@ -93,6 +93,8 @@ class DDPMConfig:
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
     num_workers: int = 0
+    channels_last: bool = False  # NHWC activations (tensor cores prefer them; measure with `bench pipeline`)
+    compile: str = ""  # torch.compile mode: "" off, "default", "max-autotune", "reduce-overhead" (CUDA graphs)
     seed: int = 0
 
 
@@ -144,6 +146,8 @@ class TrainConfig:
     norm_eval: bool = False  # BatchNorm uses its running statistics (mmseg's norm_eval): for tiny per-device
     #                          batches or a pretrained backbone; makes results independent of the process count
     num_workers: int = 0
+    channels_last: bool = False
+    compile: str = ""
     seed: int = 0
 
 

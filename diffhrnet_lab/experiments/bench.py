@@ -208,7 +208,9 @@ def bench_demo(profile: str = "quick", runs: int = 2) -> dict[str, Any]:
 def bench_all(profile: str = "smoke", demo_profile: str = "quick", out: str = "results/bench.json") -> dict[str, Any]:
     from ..fileio import atomic_write_json
 
-    result = {"features": bench_features(profile), "hrnet": bench_hrnet(profile),
+    from .pipeline_bench import bench_pipeline
+
+    result = {"features": bench_features(profile), "hrnet": bench_hrnet(profile), "pipeline": bench_pipeline(demo_profile),
               "diffhrnet": bench_diffhrnet(profile), "demo": bench_demo(demo_profile),
               "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
@@ -229,12 +231,16 @@ def run(what: str, profile: str, as_json: bool) -> dict[str, Any]:
         result = bench_all(profile)
     elif what == "demo":
         result = bench_demo(profile)
+    elif what == "pipeline":
+        from .pipeline_bench import bench_pipeline
+
+        result = bench_pipeline(profile)
     elif what in BENCHES:
         result = BENCHES[what](profile)
     else:
         from ..errors import ConfigError
 
-        raise ConfigError(f"unknown benchmark '{what}'; available: all, demo, {', '.join(BENCHES)}")
+        raise ConfigError(f"unknown benchmark '{what}'; available: all, demo, pipeline, {', '.join(BENCHES)}")
     if as_json:
         print(json.dumps(result))
     else:

@@ -71,7 +71,7 @@ def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, meth
         data=replace(cfg.data, root=str(root), val_groups=(le.held_out,), label_budget=budget, seed=seed),
         model=method_model(cfg.model, method),
         features=replace(cfg.features, checkpoint=str(ddpm), cache=True, cache_dir=cfg.features.cache_dir or str(cache_dir)),
-        train=replace(cfg.train, steps=steps, seed=seed, eval_every=steps, eval_window=0,
+        train=replace(cfg.train, steps=steps, seed=seed, eval_every=steps,
                       checkpoint_every=min(cfg.train.checkpoint_every, steps)),
     )
 

@@ -58,13 +58,16 @@ def windows_per_batch(fx: FeatureExtractor, wy: int, wx: int, budget_mb: int = 0
 
 @torch.inference_mode()
 def compute_tiled(fx: FeatureExtractor, image: torch.Tensor, window: int = 128, overlap: float = 0.25,
-                  batch_size: int = 0, budget_mb: int = 0) -> dict[FeatureKey, torch.Tensor]:
+                  batch_size: int = 0, budget_mb: int = 0, out_dtype: torch.dtype = torch.float32,
+                  out_device: str | torch.device | None = None) -> dict[FeatureKey, torch.Tensor]:
     """Features of one whole tile ``(C, H, W)``, computed in overlapping windows and blended.
 
     Windows start on multiples of the U-Net stride, so every window's feature grid lies on the
     tile's; the DDPM sees windows of the size it was trained near and its attention stays small.
-    Returns ``{(t, b): (C_b, ceil(H/s_b), ceil(W/s_b))}`` float32 on the extractor's device.
-    ``batch_size`` 0: as many windows per forward as ``budget_mb`` allows (:func:`windows_per_batch`).
+    Returns ``{(t, b): (C_b, ceil(H/s_b), ceil(W/s_b))}`` in ``out_dtype`` on ``out_device`` (default:
+    float32 on the extractor's device); each key's float32 accumulator is freed as soon as it is
+    converted, so a large tile needs its float32 features once, not twice.  ``batch_size`` 0: as
+    many windows per forward as ``budget_mb`` allows (:func:`windows_per_batch`).
     """
     if fx.upsample:
         raise ConfigError("compute_tiled returns features at block resolution; use upsample=False")
@@ -95,9 +98,11 @@ def compute_tiled(fx: FeatureExtractor, image: torch.Tensor, window: int = 128, 
             for (y, x), fi in zip(chunk, f):
                 a[:, y // bs:(y + wy) // bs, x // bs:(x + wx) // bs] += fi.float() * wgt
     out = {}
-    for (t, b), a in acc.items():
-        bs = strides[b]
-        out[(t, b)] = (a / norm[b])[:, : math.ceil(h / bs), : math.ceil(w / bs)]
+    for key in list(acc):
+        a, bs = acc.pop(key), strides[key[1]]
+        a = a.div_(norm[key[1]])[:, : math.ceil(h / bs), : math.ceil(w / bs)]
+        out[key] = a.to(device=out_device or dev, dtype=out_dtype)
+        del a
     return out
 
 
@@ -166,7 +171,10 @@ def tile_features(fx: FeatureExtractor, items: Iterable[tuple[str, torch.Tensor]
             continue
         streams = _unpack(load_tensors(path), fx.keys) if path is not None and path.is_file() else None
         if streams is None:
-            stored = _pack(compute_tiled(fx, image, window=window, budget_mb=budget_mb), dtype)
+            feats = compute_tiled(fx, image, window=window, budget_mb=budget_mb,
+                                  out_dtype=torch.float16 if dtype == "float16" else torch.float32)
+            stored = _pack(feats, dtype)
+            del feats
             if path is not None:
                 atomic_save_tensors(path, stored)
             streams = _unpack(stored, fx.keys)

@@ -37,9 +37,6 @@ def predict_sliding(fn: Callable[..., torch.Tensor], image: torch.Tensor, window
     window = max(align, window - window % align)
     image, h, w = pad_to(image, align, min_size=window)
     H, W = image.shape[-2:]
-    if streams:
-        streams = [torch.nn.functional.pad(f[None].float(), (0, W // s - f.shape[-1], 0, H // s - f.shape[-2]),
-                                           mode="replicate")[0] for f, s in zip(streams, strides)]
     step = max(align, int(round(window * (1 - overlap))) // align * align)
     boxes = [(y, x) for y in window_starts(H, window, step) for x in window_starts(W, window, step)]
     weight = blend_weights(window).to(image.device)
@@ -49,7 +46,7 @@ def predict_sliding(fn: Callable[..., torch.Tensor], image: torch.Tensor, window
         chunk = boxes[i:i + batch_size]
         batch = torch.stack([image[:, y:y + window, x:x + window] for y, x in chunk])
         if streams:
-            cut = [torch.stack([f[:, y // s:(y + window) // s, x // s:(x + window) // s] for y, x in chunk]).to(image.device)
+            cut = [torch.stack([_feature_window(f, y // s, x // s, window // s) for y, x in chunk]).to(image.device)
                    for f, s in zip(streams, strides)]
             out = fn(batch, cut).float()
         else:
@@ -61,6 +58,16 @@ def predict_sliding(fn: Callable[..., torch.Tensor], image: torch.Tensor, window
             norm[y:y + window, x:x + window] += weight
     assert acc is not None
     return (acc / norm)[:, :h, :w]
+
+
+def _feature_window(f: torch.Tensor, y: int, x: int, size: int) -> torch.Tensor:
+    """``size x size`` window of a feature map at ``(y, x)``, float32, its edge replicated where the
+    window reaches past the map (the tile was padded; its features were not, to save memory)."""
+    cut = f[:, y:y + size, x:x + size].float()
+    ph, pw = size - cut.shape[-2], size - cut.shape[-1]
+    if ph or pw:
+        cut = torch.nn.functional.pad(cut[None], (0, pw, 0, ph), mode="replicate")[0]
+    return cut
 
 
 def write_prediction(index: np.ndarray, scheme: LabelScheme, like: Tile, tif_path: str | os.PathLike,

@@ -130,7 +130,12 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
             print(f"[finetune] note: {accelerator.num_processes} processes on {accelerator.device.type}: BatchNorm "
                   "statistics are per process (SyncBatchNorm needs GPUs); set train.norm_eval=true for results "
                   "independent of the process count")
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model, optimizer = accelerator.prepare(model, optimizer)
+    net = model
+    if tc.compile:
+        net = torch.compile(model, mode=None if tc.compile == "default" else tc.compile)
     if weights is not None:
         weights = weights.to(accelerator.device)
     end = min(tc.steps, stop_after) if stop_after is not None else tc.steps
@@ -154,7 +159,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
 
     train_mode(model, tc.norm_eval)
     for batch in step_loader(accelerator, train_ds, dc.batch_size, tc.seed, step, end, tc.num_workers):
-        losses.add(step + 1, train_step(model, batch, optimizer, accelerator, poly_lr(step, tc), weights,
+        losses.add(step + 1, train_step(net, batch, optimizer, accelerator, poly_lr(step, tc), weights,
                                         scheme.ignore_index))
         step += 1
         fault_point("step", step)
