@@ -242,9 +242,12 @@ class LabelledTiles(_Seeded):
 
     def __init__(self, pairs: Sequence[Pair], scheme: str | LabelScheme, stats: BandStats | None = None,
                  crop_size: int | None = None, augment: bool = False, samples_per_epoch: int | None = None,
-                 seed: int = 0, expected_bands: int | None = None):
+                 seed: int = 0, expected_bands: int | None = None, compact_masks: bool = False):
         if not pairs:
             raise DataError("no labelled tiles given")
+        # Training loaders ask for uint8 masks (the ignore index 255 fits): an eighth of the bytes
+        # that workers hand to the main process and copy to the device; the loss casts them.
+        self.mask_dtype = torch.uint8 if compact_masks else torch.int64
         self.scheme = get_scheme(scheme)
         self.pairs = list(pairs)
         self.crop_size, self.augment, self.seed = crop_size, augment, seed
@@ -284,11 +287,11 @@ class LabelledTiles(_Seeded):
         if self.features is not None and self.crop_size is not None:
             image, mask, streams = aligned_crop_d4(self._rng(epoch, index), self.images[i], self.masks[i], self.features[i],
                                                    self.strides, self.crop_size, self.augment, self.scheme.ignore_index)
-            return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask.astype(np.int64)),
+            return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask).to(self.mask_dtype),
                     "streams": streams, "id": self.pairs[i].id}
         image, mask = random_crop_d4(self._rng(epoch, index), [self.images[i], self.masks[i]], self.crop_size,
                                      self.augment, pad_values=[0.0, self.scheme.ignore_index])
-        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask.astype(np.int64)),
+        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask).to(self.mask_dtype),
                 "id": self.pairs[i].id}
 
     def class_pixel_counts(self) -> np.ndarray:

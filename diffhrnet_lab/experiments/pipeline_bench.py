@@ -161,7 +161,7 @@ def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool
     acc = make_accelerator(tc.mixed_precision)
     root, scheme = _labelled_root()
     ds = LabelledTiles(find_pairs(root), scheme, crop_size=dc.crop_size, augment=True,
-                       samples_per_epoch=max(dc.batch_size, len(find_pairs(root))), seed=tc.seed)
+                       samples_per_epoch=max(dc.batch_size, len(find_pairs(root))), seed=tc.seed, compact_masks=True)
     out: dict[str, Any] = {"model": "input only" if input_only else f"hrnet {cfg.model.variant}", "batch": dc.batch_size,
                            "size": dc.crop_size, "num_workers": tc.num_workers, "tiles": len(ds.pairs),
                            "device": acc.device.type}

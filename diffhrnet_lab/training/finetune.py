@@ -63,7 +63,7 @@ def train_step(model: nn.Module, batch: dict, optimizer, accelerator, lr: float,
         g["lr"] = lr
     with accelerator.autocast():
         logits = model(batch["image"], batch.get("streams"))
-    loss = F.cross_entropy(logits.float(), batch["mask"], weight=weights, ignore_index=ignore_index)
+    loss = F.cross_entropy(logits.float(), batch["mask"].long(), weight=weights, ignore_index=ignore_index)
     accelerator.backward(loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -89,7 +89,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])
     n_batches = max(1, -(-len(train_pairs) // dc.batch_size))
     train_ds = LabelledTiles(train_pairs, scheme, stats, crop_size=dc.crop_size, augment=True,
-                             samples_per_epoch=n_batches * dc.batch_size, seed=tc.seed)
+                             samples_per_epoch=n_batches * dc.batch_size, seed=tc.seed, compact_masks=True)
     val_ds = LabelledTiles(val_pairs, scheme, stats)
     set_seed(tc.seed)
     model = build_segmenter(mc, fc, scheme.num_classes, stats.bands, bundle)
