@@ -94,7 +94,7 @@ class DDPMConfig:
     keep_checkpoints: int = 3
     num_workers: int = 0
     channels_last: bool = False  # NHWC activations (tensor cores prefer them; measure with `bench pipeline`)
-    compile: str = ""  # torch.compile mode: "" off, "default", "max-autotune", "reduce-overhead" (CUDA graphs)
+    compile: str = ""  # GPUs: torch.compile mode, "" off, "default", "max-autotune", "reduce-overhead" (CUDA graphs)
     seed: int = 0
 
 
@@ -192,11 +192,15 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {"data": {"crop_size": 512, "batch_size": 16},
              "model": {"variant": "w48"},
              "train": {"steps": 80_000, "lr": 1e-3, "eval_every": 4000, "eval_window": 512, "checkpoint_every": 2000,
-                       "warmup_steps": 1000, "num_workers": 4},
+                       "warmup_steps": 1000, "num_workers": 4, "compile": "reduce-overhead"},
+             # GPU defaults measured with `bench pipeline` (BENCHMARKS.md, H100): torch.compile makes the
+             # base U-Net step 1.5x faster and CUDA graphs (compile "reduce-overhead") an HRNet step
+             # 2.4x faster; channels_last made the U-Net slower; cached features make a Diff-HRNet
+             # step 1.6-1.75x faster than running the DDPM inside it.
              "ddpm": {"preset": "base", "sample_size": 256, "batch_size": 32, "steps": 100_000, "lr": 1e-4,
                       "warmup_steps": 500, "ema_max_decay": 0.9999, "sample_every": 5000,
-                      "checkpoint_every": 2500, "num_workers": 4},
-             "features": {"blocks": (1, 2)}},
+                      "checkpoint_every": 2500, "num_workers": 4, "compile": "default"},
+             "features": {"blocks": (1, 2), "cache": True}},
 }
 
 

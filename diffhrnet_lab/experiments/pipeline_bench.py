@@ -144,10 +144,20 @@ def bench_ddpm(cfg: DDPMConfig, steps: int, warmup: int, input_only: bool = Fals
     mo = _model_only(batch, model_step, acc.device, steps, warmup)
     out.update(model_only_steps_per_s=round(mo, 3), overhead=round(mo / sps, 3))
     peak = bf16_peak(acc.device)
-    flops = _flops_or_none(lambda: model_step(batch, 0)) if peak else None
+    flops = _flops_or_none(lambda: _unet_fwd_bwd(tr, batch["image"])) if peak else None
     if flops:
         out.update(flops_per_step=flops, mfu=round(flops * sps / peak, 4), mfu_model_only=round(flops * mo / peak, 4))
     return out
+
+
+def _unet_fwd_bwd(tr, x0: torch.Tensor) -> None:
+    """The model FLOPs of a DDPM step: the U-Net's forward and backward on the batch (the optimizer
+    and EMA updates are memory-bound and not counted, as MFU conventionally does not)."""
+    t = torch.randint(0, tr.cfg.num_train_timesteps, (x0.shape[0],), device=x0.device)
+    with tr.accelerator.autocast():
+        loss = tr.forward(x0, t).sample.float().pow(2).mean()
+    loss.backward()
+    tr.optimizer.zero_grad(set_to_none=True)
 
 
 # -- fine-tuning -----------------------------------------------------------------------------------
@@ -174,7 +184,7 @@ def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
         model, opt = acc.prepare(model, opt)
-        if tc.compile:
+        if tc.compile and acc.device.type == "cuda":
             model = torch.compile(model, mode=None if tc.compile == "default" else tc.compile)
         model.train()
         model_step = lambda batch, k: train_step(model, batch, opt, acc, tc.lr, None, ds.scheme.ignore_index)  # noqa: E731
@@ -232,7 +242,7 @@ def compute_tiled_legacy(fx, image: torch.Tensor, window: int = 128, overlap: fl
 
 
 def bench_tile_features(cfg: ProfileConfig, repeats: int = 3, preset: str | None = None,
-                        legacy: bool = False) -> dict[str, Any]:
+                        legacy: bool = False, bf16: bool = False) -> dict[str, Any]:
     """Whole-tile extraction of one real tile against the U-Net's batched forward over its windows."""
     from ..data.datasets import find_pairs
     from ..data.io import read_tile
@@ -268,10 +278,11 @@ def bench_tile_features(cfg: ProfileConfig, repeats: int = 3, preset: str | None
     windows = torch.stack([padded[0, :, y:y + window, x:x + window] for y, x in boxes])
 
     def tiled():
-        return {k: v.half().cpu() for k, v in compute_tiled(fx, image, window=window, batch_size=bs).items()}
+        return {k: v.cpu() for k, v in compute_tiled(fx, image, window=window, batch_size=bs, bf16=bf16,
+                                                      out_dtype=torch.float16).items()}
 
     def forward_only():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for i in range(0, len(boxes), bs):
                 fx.compute(windows[i:i + bs])
         _sync(device)
@@ -294,7 +305,7 @@ def bench_tile_features(cfg: ProfileConfig, repeats: int = 3, preset: str | None
         extra["speedup_vs_legacy"] = round(extra["legacy_seconds_per_tile"] / a, 2)
         new = compute_tiled(fx, image, window=window, batch_size=bs)
         extra["max_abs_diff_vs_legacy"] = max((new[k].float().cpu() - ref[k]).abs().max().item() for k in ref)
-    return {**extra, "ddpm": which, "tile": pair.id, "tile_px": [h, w], "windows": len(boxes), "window": window,
+    return {**extra, "ddpm": which, "bf16": bf16, "tile": pair.id, "tile_px": [h, w], "windows": len(boxes), "window": window,
             "windows_per_batch": bs, "device": device.type, "seconds_per_tile": round(a, 3),
             "mpix_per_s": round(mpix / a, 3), "forward_mpix_per_s": round(mpix / b, 3), "vs_forward": round(b / a, 3),
             "cache_bytes_per_pixel": {"float16": cache_bytes_per_pixel(fx), "uint8": cache_bytes_per_pixel(fx, "uint8")}}

@@ -50,7 +50,8 @@ def windows_per_batch(fx: FeatureExtractor, wy: int, wx: int, budget_mb: int = 0
         budget = budget_mb * 2**20
     elif dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
-        budget = free // 4
+        # memory PyTorch holds in its cache but does not use is free to us too
+        budget = (free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)) // 4
     else:
         budget = 512 * 2**20
     return max(1, min(256, budget // activation_bytes_per_window(fx, wy, wx)))
@@ -59,7 +60,7 @@ def windows_per_batch(fx: FeatureExtractor, wy: int, wx: int, budget_mb: int = 0
 @torch.inference_mode()
 def compute_tiled(fx: FeatureExtractor, image: torch.Tensor, window: int = 128, overlap: float = 0.25,
                   batch_size: int = 0, budget_mb: int = 0, out_dtype: torch.dtype = torch.float32,
-                  out_device: str | torch.device | None = None) -> dict[FeatureKey, torch.Tensor]:
+                  out_device: str | torch.device | None = None, bf16: bool = False) -> dict[FeatureKey, torch.Tensor]:
     """Features of one whole tile ``(C, H, W)``, computed in overlapping windows and blended.
 
     Windows start on multiples of the U-Net stride, so every window's feature grid lies on the
@@ -67,7 +68,8 @@ def compute_tiled(fx: FeatureExtractor, image: torch.Tensor, window: int = 128, 
     Returns ``{(t, b): (C_b, ceil(H/s_b), ceil(W/s_b))}`` in ``out_dtype`` on ``out_device`` (default:
     float32 on the extractor's device); each key's float32 accumulator is freed as soon as it is
     converted, so a large tile needs its float32 features once, not twice.  ``batch_size`` 0: as
-    many windows per forward as ``budget_mb`` allows (:func:`windows_per_batch`).
+    many windows per forward as ``budget_mb`` allows (:func:`windows_per_batch`).  ``bf16``: the
+    U-Net runs under bfloat16 autocast (GPUs; accumulation stays float32).
     """
     if fx.upsample:
         raise ConfigError("compute_tiled returns features at block resolution; use upsample=False")
@@ -89,7 +91,8 @@ def compute_tiled(fx: FeatureExtractor, image: torch.Tensor, window: int = 128, 
     acc: dict[FeatureKey, torch.Tensor] = {}
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i:i + batch_size]
-        feats = fx.compute(torch.stack([padded[0, :, y:y + wy, x:x + wx] for y, x in chunk]))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = fx.compute(torch.stack([padded[0, :, y:y + wy, x:x + wx] for y, x in chunk]))
         for key, f in feats.items():
             bs, wgt = strides[key[1]], weights[key[1]]
             a = acc.get(key)
@@ -154,7 +157,7 @@ def cache_bytes_per_pixel(fx: FeatureExtractor, dtype: str = "float16") -> float
 
 def tile_features(fx: FeatureExtractor, items: Iterable[tuple[str, torch.Tensor]], window: int = 128,
                   progress: bool = False, keep: bool = True, dtype: str = "float16",
-                  budget_mb: int = 0) -> list[list[torch.Tensor]]:
+                  budget_mb: int = 0, bf16: bool = False) -> list[list[torch.Tensor]]:
     """Whole-tile features (:func:`compute_tiled`) of ``(id, image)`` items, as float16 host
     streams in ``fx.keys`` order; served from and written to ``fx.cache_dir`` when set, so runs
     that share a DDPM (seeds, label budgets, fusion variants) compute them once.  ``keep=False``
@@ -171,7 +174,7 @@ def tile_features(fx: FeatureExtractor, items: Iterable[tuple[str, torch.Tensor]
             continue
         streams = _unpack(load_tensors(path), fx.keys) if path is not None and path.is_file() else None
         if streams is None:
-            feats = compute_tiled(fx, image, window=window, budget_mb=budget_mb,
+            feats = compute_tiled(fx, image, window=window, budget_mb=budget_mb, bf16=bf16,
                                   out_dtype=torch.float16 if dtype == "float16" else torch.float32)
             stored = _pack(feats, dtype)
             del feats

@@ -134,7 +134,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         model = model.to(memory_format=torch.channels_last)
     model, optimizer = accelerator.prepare(model, optimizer)
     net = model
-    if tc.compile:
+    if tc.compile and accelerator.device.type == "cuda":
         net = torch.compile(model, mode=None if tc.compile == "default" else tc.compile)
     if weights is not None:
         weights = weights.to(accelerator.device)

@@ -94,7 +94,7 @@ class DDPMTrainer:
 
     def prepare(self) -> "DDPMTrainer":
         """Device placement (and DDP) by accelerate; then the optional speed-ups, measured with
-        ``diffhrnet-lab bench pipeline``: channels-last activations and ``torch.compile`` (its
+        ``diffhrnet-lab bench pipeline``: channels-last activations and ``torch.compile`` on GPUs (its
         ``reduce-overhead`` mode replays the step as a CUDA graph)."""
         acc = self.accelerator
         if self.cfg.channels_last:
@@ -102,7 +102,7 @@ class DDPMTrainer:
         self.unet, self.optimizer = acc.prepare(self.unet, self.optimizer)
         self.ema.to(acc.device)
         self.forward = self.unet
-        if self.cfg.compile:
+        if self.cfg.compile and acc.device.type == "cuda":  # on CPUs compiling costs more than it saves
             self.forward = torch.compile(self.unet, mode=None if self.cfg.compile == "default" else self.cfg.compile)
         return self
 
