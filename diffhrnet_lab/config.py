@@ -12,6 +12,7 @@ override single fields; nothing else in the kit hard-codes a default.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,29 @@ PROFILES = ("smoke", "quick", "full")
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
+SAMPLES_ENV = "DHL_SAMPLES_DIR"
+
+
 def samples_dir() -> Path:
-    """The embedded samples: ``$DHL_SAMPLES_DIR``, else ``data_samples/`` of the source checkout."""
-    env = os.environ.get("DHL_SAMPLES_DIR")
-    return Path(env) if env else PACKAGE_ROOT.parent / "data_samples"
+    """The embedded samples (tiles and DDPM bundles), wherever the kit runs from.
+
+    ``$DHL_SAMPLES_DIR`` when set; else the package data of an installed wheel
+    (``diffhrnet_lab/data_samples``, mapped from the repository's ``data_samples/`` by ``setup.py``),
+    so that ``pip install diffhrnet_lab`` works from any working directory; else ``data_samples/``
+    beside the package in a source checkout (editable installs, ``PYTHONPATH``).
+    """
+    env = os.environ.get(SAMPLES_ENV)
+    if env:
+        return Path(env)
+    packaged = Path(str(importlib.resources.files(__package__).joinpath("data_samples")))
+    if packaged.is_dir():
+        return packaged
+    checkout = PACKAGE_ROOT.parent / "data_samples"
+    if checkout.is_dir():
+        return checkout
+    raise ConfigError(f"the embedded samples are missing: neither {packaged} (installed package data) nor "
+                      f"{checkout} (source checkout) exists; reinstall the kit or set ${SAMPLES_ENV} to a copy "
+                      "of the repository's data_samples/ folder")
 
 
 def embedded_ddpm_dir() -> Path:
