@@ -194,3 +194,14 @@ def test_02_reads_the_ddpm_that_01_trained_into_the_shared_run_dir(tmp_path):
     text = _stream_text(tmp_path / "02.ipynb")
     assert f"DDPM bundle loaded: {bundle} (from run_dir" in text
     assert str(embedded_ddpm_dir()) not in text
+
+
+def test_04_passes_the_chained_ddpm_and_dataset_to_each_experiment(make_labelled, tmp_path):
+    from diffhrnet_lab.experiments.sweep import experiment_config
+
+    root = make_labelled(n=2, root=tmp_path / "dubai_aerial")
+    cfg = experiment_config("smoke", method="diffhrnet", ddpm_dir=str(tmp_path / "b"), data_root=str(root))
+    assert cfg.features.checkpoint == str(tmp_path / "b")
+    assert cfg.data.root == str(root) and cfg.data.scheme == "dubai"
+    plain = experiment_config("smoke", method="diffhrnet", ddpm_dir="", data_root="")
+    assert plain.features.checkpoint == "" and plain.data.root == "" and plain.data.scheme == "samples"
