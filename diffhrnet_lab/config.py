@@ -6,12 +6,17 @@ override single fields; nothing else in the kit hard-codes a default.
 * ``smoke``: CI; every notebook in seconds on a 2-core CPU.  Numbers prove the code runs, not
   that the method works.
 * ``quick``: a laptop CPU in minutes; enough to see the method's effect on the embedded samples.
+* ``colab``: one 16 GB T4 (free Colab): each notebook in about 30 minutes.  Sized with
+  :func:`diffhrnet_lab.explore.estimates.estimate` (FLOPs at 25 % of the T4's 65 TFLOP/s fp16 peak;
+  peak memory counted on the ``meta`` device), which every notebook prints before its long cells.
+  The T4 has no bf16, so mixed precision is ``auto-fp16``: fp16 there, bf16 on newer cards.
 * ``full``: a GPU and paper-scale settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +24,33 @@ from typing import Any
 
 from .errors import ConfigError
 
-PROFILES = ("smoke", "quick", "full")
+PROFILES = ("smoke", "quick", "colab", "full")
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
+SAMPLES_ENV = "DHL_SAMPLES_DIR"
+
+
 def samples_dir() -> Path:
-    """The embedded samples: ``$DHL_SAMPLES_DIR``, else ``data_samples/`` of the source checkout."""
-    env = os.environ.get("DHL_SAMPLES_DIR")
-    return Path(env) if env else PACKAGE_ROOT.parent / "data_samples"
+    """The embedded samples (tiles and DDPM bundles), wherever the kit runs from.
+
+    ``$DHL_SAMPLES_DIR`` when set; else the package data of an installed wheel
+    (``diffhrnet_lab/data_samples``, mapped from the repository's ``data_samples/`` by ``setup.py``),
+    so that ``pip install diffhrnet_lab`` works from any working directory; else ``data_samples/``
+    beside the package in a source checkout (editable installs, ``PYTHONPATH``).
+    """
+    env = os.environ.get(SAMPLES_ENV)
+    if env:
+        return Path(env)
+    packaged = Path(str(importlib.resources.files(__package__).joinpath("data_samples")))
+    if packaged.is_dir():
+        return packaged
+    checkout = PACKAGE_ROOT.parent / "data_samples"
+    if checkout.is_dir():
+        return checkout
+    raise ConfigError(f"the embedded samples are missing: neither {packaged} (installed package data) nor "
+                      f"{checkout} (source checkout) exists; reinstall the kit or set ${SAMPLES_ENV} to a copy "
+                      "of the repository's data_samples/ folder")
 
 
 def embedded_ddpm_dir() -> Path:
@@ -87,7 +111,7 @@ class DDPMConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_max_decay: float = 0.999
-    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    mixed_precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp32; auto-fp16: fp16 where auto picks fp32 on a GPU
     log_every: int = 10
     sample_every: int = 500
     checkpoint_every: int = 250
@@ -189,6 +213,15 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
               "label_efficiency": {"budgets": (1,), "seeds": (0,), "train_steps": 2}},
     "quick": {"data": {"crop_size": 96, "batch_size": 4}, "train": {"steps": 300},  # the rest: dataclass defaults
               "label_efficiency": {"ddpm_steps": 600, "train_steps": 150}},
+    # one T4, 16 GB: estimates (explore/estimates.py, T4 at 25 % of peak) ~25 min for 01's DDPM
+    # (small U-Net, 128², batch 32, ~11 GB), ~8 min and ~2 GB per Diff-HRNet run (03 runs two, 04 three)
+    "colab": {"data": {"crop_size": 256, "batch_size": 8},
+              "train": {"steps": 1500, "eval_every": 300, "eval_window": 256, "checkpoint_every": 300,
+                        "warmup_steps": 50, "mixed_precision": "auto-fp16", "num_workers": 2},
+              "ddpm": {"preset": "small", "sample_size": 128, "batch_size": 32, "steps": 4000, "lr": 2e-4,
+                       "warmup_steps": 200, "sample_every": 1000, "checkpoint_every": 500,
+                       "mixed_precision": "auto-fp16", "num_workers": 2},
+              "label_efficiency": {"seeds": (0,), "ddpm_steps": 1500, "train_steps": 300}},
     "full": {"data": {"crop_size": 512, "batch_size": 16},
              "model": {"variant": "w48"},
              "train": {"steps": 80_000, "lr": 1e-3, "eval_every": 4000, "eval_window": 512, "checkpoint_every": 2000,

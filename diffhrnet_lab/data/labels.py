@@ -10,7 +10,10 @@ pixel count: guessing would silently corrupt the metrics.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Mapping
 
 import numpy as np
@@ -197,3 +200,18 @@ def get_scheme(name: str | LabelScheme) -> LabelScheme:
         return SCHEMES[name]
     except KeyError:
         raise ConfigError(f"unknown label scheme '{name}'; known: {', '.join(SCHEMES)}") from None
+
+
+def dataset_scheme(root: str | os.PathLike, default: str) -> str:
+    """The label scheme of a labelled folder, so that pointing a notebook at a dataset needs no scheme.
+
+    Its ``manifest.json``'s ``scheme`` (the embedded samples have one), else a scheme whose name starts
+    the folder's name (``dubai_aerial`` → ``dubai``), else ``default`` (the profile's ``data.scheme``).
+    """
+    root = Path(root)
+    manifest = root / "manifest.json"
+    if manifest.is_file():
+        scheme = json.loads(manifest.read_text()).get("scheme")
+        if scheme in SCHEMES:
+            return scheme
+    return next((name for name in SCHEMES if root.name.lower().startswith(name)), default)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import profile_config, replace
+from ..data.labels import dataset_scheme
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..fileio import markdown_table as _markdown
@@ -35,7 +36,8 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
 # The parameters of one experiment (and of notebooks/experiment.ipynb).  An empty value ("", [], None)
 # means "the profile's": defaults live in config.py only, so a full-profile sweep runs the full
 # profile's blocks and timesteps unless a configuration names others.
-EXPERIMENT_PARAMS = ("method", "stages", "fusion", "timesteps", "blocks", "label_budget", "finetune_ddpm", "seed")
+EXPERIMENT_PARAMS = ("method", "stages", "fusion", "timesteps", "blocks", "label_budget", "finetune_ddpm", "seed",
+                     "data_root", "ddpm_dir")  # the last two: a chained course (04 passes 01's DDPM and its dataset)
 
 
 def experiment_config(profile: str, **params: Any):
@@ -55,6 +57,11 @@ def experiment_config(profile: str, **params: Any):
         cfg.data = replace(cfg.data, label_budget=int(given["label_budget"]) or None)
     if "seed" in given:
         cfg.train = replace(cfg.train, seed=int(given["seed"]))
+    if "data_root" in given:
+        cfg.data = replace(cfg.data, root=str(given["data_root"]),
+                           scheme=dataset_scheme(given["data_root"], cfg.data.scheme))
+    if "ddpm_dir" in given:
+        cfg.features = replace(cfg.features, checkpoint=str(given["ddpm_dir"]))
     return cfg
 
 

@@ -30,12 +30,26 @@ def make_accelerator(mixed_precision: str = "auto", log_with: str | None = None,
                        log_with=log_with or None, project_dir=project_dir)
 
 
+def _native_bf16() -> bool:
+    """bf16 in hardware (Ampere and later).  ``is_bf16_supported()`` alone also says yes where bf16 is
+    only emulated (a T4), which is slower than float32 there."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch: no emulation flag
+        return torch.cuda.is_bf16_supported()
+
+
 def resolve_mixed_precision(choice: str) -> str:
-    """``auto``: bf16 where the GPU supports it, else full precision."""
-    if choice == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    """``auto``: bf16 where the GPU has it, else full precision.  ``auto-fp16`` (the ``colab``
+    profile): the same, but fp16 on a GPU without bf16 (a T4), whose tensor cores run fp16 only."""
+    if choice in ("auto", "auto-fp16"):
+        if not torch.cuda.is_available():
+            return "no"
+        if _native_bf16():
+            return "bf16"
+        return "fp16" if choice == "auto-fp16" else "no"
     if choice not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"mixed_precision '{choice}'; choose auto, no, bf16 or fp16")
+        raise ConfigError(f"mixed_precision '{choice}'; choose auto, auto-fp16, no, bf16 or fp16")
     return choice
 
 
