@@ -35,3 +35,9 @@ def test_unwritable_output_folder_is_refused_up_front(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["demo", "--out", str(blocker / "sub")]) == 2
     assert "not writable" in capsys.readouterr().err
+def test_cli_finetune_then_evaluate(tmp_path, capsys):
+    assert main(["finetune", "--profile", "smoke", "--method", "hrnet", "--out", str(tmp_path / "run"),
+                 "--set", "train.steps=2", "--set", "train.eval_every=2"]) == 0
+    assert "best validation mIoU" in capsys.readouterr().out
+    assert main(["finetune", "--profile", "smoke", "--set", "model.fuse=add", "--out", str(tmp_path / "x")]) == 2
+    assert "model has no field 'fuse'; fields: method" in capsys.readouterr().err

@@ -5,14 +5,12 @@ The notebooks themselves are executed by nbval (``make test`` runs ``pytest --nb
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import pytest
 
 from diffhrnet_lab.experiments.sweep import aggregate, markdown_table, run_sweep
+from tests.helpers import NOTEBOOKS
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 pm = pytest.importorskip("papermill")
 
 

@@ -1,0 +1,42 @@
+"""Shared by tests in several folders: repository paths, free ports, launching under ``accelerate``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "data_samples"
+NOTEBOOKS = ROOT / "notebooks"
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def free_port() -> int:
+    """A TCP port the OS says is free now (bind to port 0, read the port back)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(processes: int, *args: str) -> str:
+    """Run ``python *args`` alone or as ``processes`` CPU processes under ``accelerate launch``; return stdout.
+
+    ``accelerate launch --cpu --num_processes 2`` starts ONE process unless MPI is set up; torchrun's
+    launcher (``--multi_gpu``) with ``ACCELERATE_USE_CPU=true`` starts real gloo processes.  Each run
+    must report a world of that size, or the test would compare a run with itself.  The rendezvous
+    port comes from the OS, so parallel runs (or a port left in TIME_WAIT) cannot collide.
+    """
+    env = dict(os.environ)
+    if processes == 1:
+        cmd = [sys.executable, *args]
+    else:
+        env["ACCELERATE_USE_CPU"] = "true"
+        cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f" {processes} process(es) on cpu" in r.stdout, (r.stdout + r.stderr)[-2000:]
+    return r.stdout
