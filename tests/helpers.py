@@ -40,3 +40,24 @@ def launch(processes: int, *args: str) -> str:
     assert r.returncode == 0, r.stderr[-3000:]
     assert f" {processes} process(es) on cpu" in r.stdout, (r.stdout + r.stderr)[-2000:]
     return r.stdout
+
+
+def pooled_scores(pred_dir: Path, pairs, scheme) -> dict:
+    """mIoU, OA and the confusion matrix of the predictions written to ``pred_dir/<id>.tif`` against
+    the pairs' masks, counted here with numpy (not the package's metrics): every pixel of every tile
+    pooled, ignored pixels left out, a class absent from truth and prediction left out of the mean."""
+    import numpy as np
+
+    from diffhrnet_lab.data.io import read_mask, read_tile
+
+    k = scheme.num_classes
+    cm = np.zeros((k, k), np.int64)
+    for p in pairs:
+        truth = read_mask(p.mask, scheme).astype(np.int64).ravel()
+        pred = read_tile(pred_dir / f"{p.id}.tif").image[0].astype(np.int64).ravel()
+        keep = truth != scheme.ignore_index
+        cm += np.bincount(truth[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - tp
+    iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    return {"miou": float(np.nanmean(iou)), "oa": float(tp.sum() / cm.sum()), "confusion": cm.tolist()}

@@ -1,7 +1,9 @@
+import csv
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from diffhrnet_lab.cli import main
 from diffhrnet_lab.data.io import write_geotiff
@@ -41,3 +43,25 @@ def test_cli_finetune_then_evaluate(tmp_path, capsys):
     assert "best validation mIoU" in capsys.readouterr().out
     assert main(["finetune", "--profile", "smoke", "--set", "model.fuse=add", "--out", str(tmp_path / "x")]) == 2
     assert "model has no field 'fuse'; fields: method" in capsys.readouterr().err
+
+
+def test_pretrain_set_overrides_a_ddpm_field(tmp_path, capsys):
+    """Smoke logs every step; ``--set ddpm.log_every=3`` over 4 steps logs step 3 and the last step."""
+    assert main(["pretrain", "--profile", "smoke", "--steps", "4", "--set", "ddpm.log_every=3", "--set",
+                 "ddpm.sample_every=1000", "--out", str(tmp_path / "run")]) == 0
+    with open(tmp_path / "run" / "loss_log.csv") as fh:
+        assert [r["step"] for r in csv.DictReader(fh)] == ["3", "4"]
+
+
+@pytest.mark.parametrize("item,message", [
+    ("ddpm.log_evry=1", "--set 'ddpm.log_evry=1': ddpm has no field 'log_evry'; fields: "),
+    ("dpm.log_every=1", "--set 'dpm.log_every=1': no section 'dpm'; sections: data, ddpm, features, model, train"),
+    ("log_every=1", "--set 'log_every=1': use section.field=value"),
+])
+def test_bad_set_key_exits_2_with_one_line(tmp_path, item, message):
+    r = subprocess.run([sys.executable, "-m", "diffhrnet_lab.cli", "pretrain", "--profile", "smoke", "--set", item,
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

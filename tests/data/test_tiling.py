@@ -17,6 +17,12 @@ def test_windows_cover_every_pixel_and_stay_inside(length, window, stride):
     assert covered[:length].all()
 
 
+def test_window_starts_known_answers():
+    assert window_starts(100, 32, 24) == [0, 24, 48, 68]  # the last window is flush with the end
+    assert window_starts(96, 32, 32) == [0, 32, 64]  # exact fit: no extra window
+    assert window_starts(20, 32, 8) == [0] and window_starts(32, 32, 8) == [0]
+
+
 def test_blend_weights_are_the_outer_product_of_triangular_ramps_floored():
     ramp4 = torch.tensor([0.25, 0.75, 0.75, 0.25])  # 1 - |r - 1.5| / 2
     torch.testing.assert_close(blend_weights(4), ramp4[:, None] * ramp4[None, :])

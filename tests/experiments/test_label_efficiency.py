@@ -17,7 +17,10 @@ def test_label_efficiency_command_on_dubai_runs_every_method_and_skips_finished_
     assert result["held_out"] == "Tile_1"
     assert {(r["method"], r["budget"], r["seed"]) for r in result["rows"]} == {
         (m, 1, 0) for m in ("hrnet", "ddpm_mlp", "late", "multistage")}
-    assert all("Tile_1" not in r["train_groups"] and 0 <= r["miou"] <= 1 for r in result["rows"])
+    assert all("Tile_1" not in r["train_groups"] for r in result["rows"])
+    for r in result["rows"]:  # each row's mIoU is its run's score on the held-out scene
+        summary = json.loads((out / "runs" / f"{r['method']}_b1_s0" / "summary.json").read_text())
+        assert r["miou"] == summary["best_miou"] and summary["val_groups"] == ["Tile_1"]
     assert (out / "ddpm" / "final" / "ddpm.json").exists()  # pretrained on the pool of all scenes
     assert len(list((out / "feature_cache").rglob("*.safetensors"))) == 2  # 1 image x (held-out + 1 scene)
     assert (out / "label_efficiency.png").stat().st_size > 5000 and "| multistage |" in (out / "table.md").read_text()

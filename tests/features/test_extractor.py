@@ -35,10 +35,17 @@ def test_batched_early_exit_equals_naive_per_timestep_forward(unet_pair, hw, blo
         assert fast[k].shape[1] == fx.channels()[k]
 
 
-def test_upsampled_features_match_input_size(unet_pair):
-    fx = FeatureExtractor(*unet_pair, (10,), (0, 2), upsample=True)
-    out = fx(torch.zeros(2, 4, 45, 61))
-    assert all(v.shape[-2:] == (45, 61) for v in out.values())
+def test_upsampled_features_are_the_block_features_resized_bilinearly_to_the_input(unet_pair):
+    import torch.nn.functional as F
+
+    x = torch.rand(2, 4, 45, 61) * 2 - 1
+    up = FeatureExtractor(*unet_pair, (10,), (0, 2), upsample=True)(x)
+    native = FeatureExtractor(*unet_pair, (10,), (0, 2))(x)
+    assert native[(10, 0)].shape[-2:] != (45, 61)  # block 0 is coarser than the input: it is resized
+    for k, v in up.items():
+        assert v.shape[-2:] == (45, 61)
+        expected = F.interpolate(native[k], size=(45, 61), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(v, expected, atol=1e-5, rtol=0)
 
 
 def test_shared_noise_makes_features_independent_of_the_batch(unet_pair):
@@ -83,6 +90,7 @@ def test_cache_serves_identical_features_and_is_keyed_by_settings(unet_pair, tmp
 
 def test_stream_yields_per_batch(unet_pair):
     fx = FeatureExtractor(*unet_pair, (50,), (0,))
-    batches = [{"image": torch.zeros(2, 4, 32, 32), "id": ["a", "b"]}, {"image": torch.zeros(1, 4, 32, 32), "id": ["c"]}]
+    batches = [{"image": torch.rand(2, 4, 32, 32), "id": ["a", "b"]}, {"image": torch.rand(1, 4, 32, 32), "id": ["c"]}]
     out = list(fx.stream(batches))
     assert [ids for ids, _ in out] == [["a", "b"], ["c"]] and out[1][1][(50, 0)].shape[0] == 1
+    torch.testing.assert_close(out[0][1][(50, 0)], fx(batches[0]["image"])[(50, 0)])

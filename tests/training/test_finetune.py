@@ -15,6 +15,7 @@ from diffhrnet_lab.data.labels import SAMPLES
 from diffhrnet_lab.errors import ConfigError
 from diffhrnet_lab.features.tile_cache import tile_features
 from diffhrnet_lab.inference.evaluate import validate
+from diffhrnet_lab.inference.metrics import scores
 from diffhrnet_lab.models.segmenters import load_segmenter
 from diffhrnet_lab.training.finetune import finetune
 
@@ -99,7 +100,8 @@ def test_finetune_with_the_feature_cache_trains_and_validates_on_cached_features
     s = finetune(cfg, tmp_path / "run", progress=False)
     n_tiles = len(find_pairs(samples_dir / "labelled"))
     assert len(list((tmp_path / "fc").rglob("*.safetensors"))) == n_tiles
-    assert all(np.isfinite(r["loss"]) for r in s["history"]) and 0 <= s["best_miou"] <= 1
+    assert [r["step"] for r in s["history"]] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in s["history"])
+    assert s["best_step"] == 4 and s["history"][-1]["val_miou"] == s["best_miou"]  # one validation, at the end
     # validation on cached features = the model run on the same whole-tile features
     model, meta = load_segmenter(tmp_path / "run" / "last")
     val = [p for p in find_pairs(samples_dir / "labelled") if p.group in s["val_groups"]]
@@ -107,10 +109,12 @@ def test_finetune_with_the_feature_cache_trains_and_validates_on_cached_features
     model.extractor.cache_dir = tmp_path / "fc"
     feats = tile_features(model.extractor, [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)], window=cfg.features.cache_window)
     ds.attach_features(feats, [model.extractor.info[b]["stride"] for _, b in model.extractor.keys])
-    _, preds = validate(model, ds, 0, torch.device("cpu"))
+    cm, preds = validate(model, ds, 0, torch.device("cpu"))
     with torch.no_grad():
         direct = model(torch.from_numpy(ds.images[0])[None], [f[None] for f in feats[0]])[0].argmax(0)
     assert np.array_equal(preds[0], direct.numpy())
+    # the run's validation mIoU is that of these predictions (the last weights are the best: one evaluation)
+    assert scores(cm).miou == pytest.approx(s["best_miou"], abs=1e-9)
 
 
 def test_feature_cache_refuses_a_ddpm_being_finetuned(tmp_path):
