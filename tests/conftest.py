@@ -71,3 +71,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.notebooks)
         if "dubai" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.realdata)
+
+
+# Never collected, even when named on the command line (``pytest tests/**/*.py``): not tests.
+collect_ignore = ["helpers.py", "training/shard_probe.py"]

@@ -26,6 +26,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(make_labelled):
     assert "masks/t0.tif: 1 value(s) not in label scheme 'samples': value 9: 1920 px" in r.stderr
 
 
+@pytest.mark.slow
 def test_demo_writes_figure(tmp_path, samples_dir):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--data", str(samples_dir)]) == 0
     fig = tmp_path / "demo" / "samples.png"
@@ -37,6 +38,7 @@ def test_unwritable_output_folder_is_refused_up_front(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["demo", "--out", str(blocker / "sub")]) == 2
     assert "not writable" in capsys.readouterr().err
+@pytest.mark.slow
 def test_cli_finetune_then_evaluate(tmp_path, capsys):
     assert main(["finetune", "--profile", "smoke", "--method", "hrnet", "--out", str(tmp_path / "run"),
                  "--set", "train.steps=2", "--set", "train.eval_every=2"]) == 0

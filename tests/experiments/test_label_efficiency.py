@@ -1,9 +1,11 @@
 """The label-efficiency study: its summary, its run configs, and the command on the real Dubai tiles."""
 
 import numpy as np
+import pytest
 
 
 
+@pytest.mark.slow
 def test_label_efficiency_command_on_dubai_runs_every_method_and_skips_finished_runs(dubai, tmp_path, capsys):
     import json
 

@@ -46,12 +46,14 @@ def _check_learned(summary, samples_dir):
     assert summary["best_miou"] > 1.5 * chance, (summary["best_miou"], chance)
 
 
+@pytest.mark.slow
 def test_hrnet_fine_tune_lowers_loss_and_beats_chance(tmp_path, samples_dir):
     s = finetune(_cfg("hrnet"), tmp_path, progress=False)
     _check_learned(s, samples_dir)
     assert (tmp_path / "best" / "model.safetensors").exists() and (tmp_path / "history.csv").exists()
 
 
+@pytest.mark.slow
 def test_diffhrnet_fine_tune_lowers_loss_and_beats_chance(tmp_path, samples_dir):
     s = finetune(_cfg("diffhrnet", stages="multistage", fusion="gated"), tmp_path, progress=False)
     _check_learned(s, samples_dir)
@@ -59,6 +61,7 @@ def test_diffhrnet_fine_tune_lowers_loss_and_beats_chance(tmp_path, samples_dir)
     assert meta["ddpm"]["path"] == "embedded" and len(meta["ddpm"]["sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_resumed_fine_tune_equals_uninterrupted(tmp_path):
     cfg = _cfg("diffhrnet", steps=6, stages="late", fusion="concat")
     cfg.train = replace(cfg.train, checkpoint_every=3, eval_every=3)
@@ -73,6 +76,7 @@ def test_resumed_fine_tune_equals_uninterrupted(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_timm_parity_backbone_can_start_from_timm_weights(tmp_path):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
@@ -91,6 +95,7 @@ def test_timm_parity_backbone_can_start_from_timm_weights(tmp_path):
     assert torch.allclose(model.backbone.state_dict()["stem.conv1.weight"], expected["stem.conv1.weight"])
 
 
+@pytest.mark.slow
 def test_finetune_with_the_feature_cache_trains_and_validates_on_cached_features(samples_dir, tmp_path):
     cfg = profile_config("smoke")
     cfg.data = replace(cfg.data, batch_size=2, crop_size=64)

@@ -28,6 +28,7 @@ def _weights(path):
     return load_file(str(path / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
     cfg = _smoke_cfg()
     pretrain(cfg, tmp_path / "a", progress=False)

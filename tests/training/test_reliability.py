@@ -57,6 +57,7 @@ def pretrain_reference(tmp_path_factory) -> Path:
 
 
 # -- 1. SIGKILL ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pretrain_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path, pretrain_reference):
     run = tmp_path / "run"
     r = _cli(*PRETRAIN, "--out", str(run), env={"DHL_FAULT": "kill:checkpoint-write:4"})
@@ -75,6 +76,7 @@ def test_pretrain_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted
     assert [r["loss"] for r in _rows(run / "loss_log.csv")] == [r["loss"] for r in _rows(pretrain_reference / "loss_log.csv")]
 
 
+@pytest.mark.slow
 def test_pretrain_killed_between_checkpoints_resumes_to_the_uninterrupted_result(tmp_path, pretrain_reference):
     """A pre-emption at an arbitrary moment, made repeatable: SIGKILL right after optimizer step 5,
     one step past the step-4 checkpoint (``DHL_FAULT=kill:step:5``)."""
@@ -93,6 +95,7 @@ def test_pretrain_killed_between_checkpoints_resumes_to_the_uninterrupted_result
     assert [r["loss"] for r in _rows(log)] == [r["loss"] for r in _rows(pretrain_reference / "loss_log.csv")]
 
 
+@pytest.mark.slow
 def test_finetune_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert _cli(*FINETUNE, "--out", str(ref)).returncode == 0
@@ -108,6 +111,7 @@ def test_finetune_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted
 
 
 # -- 2. corrupt checkpoints ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_named_and_latest_falls_back(tmp_path):
     run = tmp_path / "run"
     assert _cli(*PRETRAIN, "--out", str(run), "--stop-after", "4").returncode == 0
@@ -186,6 +190,7 @@ GOOD = {"16-bit imagery": dict(dtype=np.uint16), "non-square tiles": dict(size=(
         "tiles smaller than the crop": dict(size=(30, 45))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(GOOD))
 def test_unusual_but_valid_data_trains_and_evaluates(tmp_path, case, capsys):
     root = _dataset(tmp_path / "data", **GOOD[case])
@@ -225,6 +230,7 @@ def test_unwritable_output_is_refused_before_training(tmp_path, command, capsys)
 
 
 # -- 7. determinism --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_on_two_demo_runs(tmp_path, samples_dir):
     """The smoke demo twice from scratch (the quick one: ``make bench`` records it too)."""
     for name in ("a", "b"):
@@ -237,6 +243,7 @@ def test_same_seed_gives_identical_metrics_on_two_demo_runs(tmp_path, samples_di
     assert _equal(ma, mb)
 
 
+@pytest.mark.slow
 def test_finetune_api_is_deterministic_with_feature_cache_and_augmentation(tmp_path):
     cfg = profile_config("smoke")
     cfg.model = replace(cfg.model, method="ddpm_mlp")
