@@ -50,6 +50,7 @@ def test_bundle_loading_refuses_pickles(tmp_path):
 
 
 # -- the embedded checkpoint ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_embedded_checkpoint_denoises_held_out_tiles_far_better_than_untrained(samples_dir):
     bundle = load_bundle(embedded_ddpm_dir())
     assert bundle.meta["preset"] == "tiny" and bundle.bands == 4 and unet_stride(bundle.unet) == 8

@@ -15,6 +15,7 @@ from diffhrnet_lab.inference.evaluate import evaluate
 from tests.helpers import pooled_scores
 
 
+@pytest.mark.slow
 def test_evaluate_writes_georeferenced_predictions_and_metrics(trained, tmp_path, samples_dir):
     r = evaluate(trained, samples_dir, tmp_path, window=64, progress=False)
     assert r["labelled_tiles"] == 10 and (tmp_path / "metrics.json").exists()
@@ -30,6 +31,7 @@ def test_evaluate_writes_georeferenced_predictions_and_metrics(trained, tmp_path
     assert read_tile(tmp_path / "pred" / "scene_03.png").bands == 3
 
 
+@pytest.mark.slow
 def test_evaluate_folder_without_labels_says_predictions_only(trained, tmp_path, samples_dir, capsys):
     folder = tmp_path / "unlabelled"
     folder.mkdir()

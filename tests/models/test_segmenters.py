@@ -59,6 +59,7 @@ class _Booby:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_pickles_are_refused_without_being_unpickled(tmp_path, samples_dir):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.ckpt"
@@ -93,8 +94,12 @@ def test_model_given_its_own_features_equals_model_computing_them(fx, model_cls)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("stages", ["none", "late", "multistage", "2 4"])
-@pytest.mark.parametrize("fusion", ["concat", "add", "gated"])
+FAST_COMBOS = {("none", "add"), ("late", "concat"), ("2 4", "gated")}  # every stage setting runs in the slow set
+
+
+@pytest.mark.parametrize("stages,fusion", [
+    (s, f) if (s, f) in FAST_COMBOS else pytest.param(s, f, marks=pytest.mark.slow)
+    for s in ("none", "late", "multistage", "2 4") for f in ("concat", "add", "gated")])
 def test_output_shape_for_every_stage_setting_and_operator(fx, stages, fusion):
     m = DiffHRNet(7, 4, "w18_small", fx, stages, fusion)
     y = m(torch.randn(2, 4, 45, 70))
@@ -103,7 +108,7 @@ def test_output_shape_for_every_stage_setting_and_operator(fx, stages, fusion):
     assert len(m.points) == expected
 
 
-@pytest.mark.parametrize("op", ["add", "gated"])
+@pytest.mark.parametrize("op", [pytest.param("add", marks=pytest.mark.slow), "gated"])
 def test_add_and_gated_start_as_the_hrnet_only_model_with_the_same_weights(fx, op):
     """Zero-initialised fusion: before training, Diff-HRNet's logits are those of an HRNet-only model
     holding the same backbone and head weights (odd input size: padding and cropping included)."""

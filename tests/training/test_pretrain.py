@@ -46,6 +46,7 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
 
 
+@pytest.mark.slow
 def test_pretrain_outputs_rotation_and_bundle(tmp_path):
     cfg = _smoke_cfg(keep_checkpoints=1, sample_every=4)
     final = pretrain(cfg, tmp_path, progress=False)
@@ -56,12 +57,14 @@ def test_pretrain_outputs_rotation_and_bundle(tmp_path):
     assert not list(tmp_path.rglob("*.tmp*")), "no temporary files left behind"
 
 
+@pytest.mark.slow
 def test_resume_with_different_settings_is_refused(tmp_path):
     pretrain(_smoke_cfg(), tmp_path, stop_after=2, progress=False)
     with pytest.raises(ConfigError, match="batch_size=4 but this run has 2"):
         pretrain(_smoke_cfg(batch_size=2), tmp_path, resume="latest", progress=False)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path):
     pretrain(_smoke_cfg(), tmp_path, progress=False)
     newest = tmp_path / "checkpoints" / "step_0000004" / "optimizer.safetensors"
@@ -81,6 +84,7 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
         pretrain(cfg, tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_resume_on_a_pool_with_another_band_count_is_refused(tmp_path):
     pretrain(_smoke_cfg(), tmp_path / "run", stop_after=2, progress=False)
     rng = np.random.default_rng(0)
