@@ -22,18 +22,19 @@ def _bench(which: str) -> dict:
     return json.loads(lines[0])
 
 
-def _quotient(a: float, b: float):
-    """``a / b`` of two times rounded to 4 decimals (each off by up to 5e-5 s)."""
+def _quotient(a: float, b: float, decimals: int = 3):
+    """``a / b`` of two figures rounded to 4 decimals (each off by up to 5e-5), itself reported
+    rounded to ``decimals``."""
     lo, hi = (a - 5e-5) / (b + 5e-5), (a + 5e-5) / (b - 5e-5)
-    return pytest.approx((lo + hi) / 2, abs=(hi - lo) / 2 + 1e-3)
+    return pytest.approx((lo + hi) / 2, abs=(hi - lo) / 2 + 0.5 * 10 ** -decimals + 1e-9)
 
 
 def test_bench_features_prints_one_json_line_with_exact_features():
     out = _bench("features")
     assert out["max_abs_diff"] < 1e-4
     assert out["speedup"] == _quotient(out["naive_s"], out["fast_s"])
-    assert out["images_per_s"] == pytest.approx(out["batch"] / out["fast_s"], rel=2e-3)
-    assert out["naive_images_per_s"] == pytest.approx(out["batch"] / out["naive_s"], rel=2e-3)
+    assert out["images_per_s"] == _quotient(out["batch"], out["fast_s"], decimals=2)
+    assert out["naive_images_per_s"] == _quotient(out["batch"], out["naive_s"], decimals=2)
     assert out["timesteps"] == [50, 150, 250] and set(out["stream_peak_rss_mb"]) == {"1", "8", "32"}
     rss = out["stream_peak_rss_mb"]
     assert out["stream_rss_growth_1_to_32"] == pytest.approx(rss["32"] / rss["1"], abs=2e-3)
