@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test notebooks bench samples clean
+.PHONY: venv demo test test-fast notebooks bench samples clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	DHL_PROFILE=smoke MPLBACKEND=agg $(BIN)/python -m pytest tests
 	DHL_PROFILE=smoke MPLBACKEND=agg $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+# The quick check while working (under 3 minutes on a 2-core CPU): everything but the tests marked
+# slow (more than a few seconds each), the notebook runs and the browser tests.
+test-fast: $(STAMP)
+	DHL_PROFILE=smoke MPLBACKEND=agg $(BIN)/python -m pytest -m "not slow and not notebooks and not browser" tests
 
 # Re-execute the numbered notebooks in the quick profile, keeping their outputs for GitHub readers.
 notebooks: $(STAMP)

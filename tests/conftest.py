@@ -1,3 +1,7 @@
+"""Shared fixtures, and markers given by folder: every test under ``notebooks/`` is marked
+``notebooks`` (``test_browser.py`` is also ``browser``); every test using the ``dubai`` fixture is
+``realdata``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +10,9 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from diffhrnet_lab.config import dubai_dir
+from diffhrnet_lab.config import dubai_dir, profile_config, replace
 from diffhrnet_lab.data.io import write_geotiff
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "data_samples"
+from tests.helpers import SAMPLES
 
 
 @pytest.fixture
@@ -43,3 +45,33 @@ def make_labelled(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A Diff-HRNet (late fusion, add) fine-tuned for 4 steps on the samples: its ``best`` checkpoint."""
+    from diffhrnet_lab.training.finetune import finetune
+
+    cfg = profile_config("smoke")
+    cfg.data = replace(cfg.data, batch_size=4, crop_size=64)
+    cfg.train = replace(cfg.train, steps=4, eval_every=4, checkpoint_every=4, lr=3e-3, warmup_steps=5)
+    cfg.model = replace(cfg.model, method="diffhrnet", stages="late", fusion="add")
+    out = tmp_path_factory.mktemp("ft")
+    finetune(cfg, out, progress=False)
+    return out / "best"
+
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if _HERE / "notebooks" in path.parents:
+            item.add_marker(pytest.mark.notebooks)
+        if "dubai" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.realdata)
+
+
+# Never collected, even when named on the command line (``pytest tests/**/*.py``): not tests.
+collect_ignore = ["helpers.py", "training/shard_probe.py"]

@@ -1,7 +1,9 @@
+import csv
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from diffhrnet_lab.cli import main
 from diffhrnet_lab.data.io import write_geotiff
@@ -24,6 +26,7 @@ def test_bad_input_is_one_clear_line_not_a_traceback(make_labelled):
     assert "masks/t0.tif: 1 value(s) not in label scheme 'samples': value 9: 1920 px" in r.stderr
 
 
+@pytest.mark.slow
 def test_demo_writes_figure(tmp_path, samples_dir):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--data", str(samples_dir)]) == 0
     fig = tmp_path / "demo" / "samples.png"
@@ -35,3 +38,32 @@ def test_unwritable_output_folder_is_refused_up_front(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["demo", "--out", str(blocker / "sub")]) == 2
     assert "not writable" in capsys.readouterr().err
+@pytest.mark.slow
+def test_cli_finetune_then_evaluate(tmp_path, capsys):
+    assert main(["finetune", "--profile", "smoke", "--method", "hrnet", "--out", str(tmp_path / "run"),
+                 "--set", "train.steps=2", "--set", "train.eval_every=2"]) == 0
+    assert "best validation mIoU" in capsys.readouterr().out
+    assert main(["finetune", "--profile", "smoke", "--set", "model.fuse=add", "--out", str(tmp_path / "x")]) == 2
+    assert "model has no field 'fuse'; fields: method" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pretrain_set_overrides_a_ddpm_field(tmp_path, capsys):
+    """Smoke logs every step; ``--set ddpm.log_every=3`` over 4 steps logs step 3 and the last step."""
+    assert main(["pretrain", "--profile", "smoke", "--steps", "4", "--set", "ddpm.log_every=3", "--set",
+                 "ddpm.sample_every=1000", "--out", str(tmp_path / "run")]) == 0
+    with open(tmp_path / "run" / "loss_log.csv") as fh:
+        assert [r["step"] for r in csv.DictReader(fh)] == ["3", "4"]
+
+
+@pytest.mark.parametrize("item,message", [
+    ("ddpm.log_evry=1", "--set 'ddpm.log_evry=1': ddpm has no field 'log_evry'; fields: "),
+    ("dpm.log_every=1", "--set 'dpm.log_every=1': no section 'dpm'; sections: data, ddpm, features, model, train"),
+    ("log_every=1", "--set 'log_every=1': use section.field=value"),
+])
+def test_bad_set_key_exits_2_with_one_line(tmp_path, item, message, capsys):
+    assert main(["pretrain", "--profile", "smoke", "--set", item, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffhrnet_lab.data.datasets import (LabelledTiles, Pair, UnlabelledPool, find_pairs, label_budget,
+import torch.nn.functional as F
+
+from diffhrnet_lab.data.datasets import (LabelledTiles, Pair, UnlabelledPool, aligned_crop_d4, find_pairs, label_budget,
                                          random_crop_d4, split_by_group)
 from diffhrnet_lab.data.io import write_geotiff, write_png
 from diffhrnet_lab.data.labels import DUBAI
@@ -153,3 +155,27 @@ def test_embedded_samples_load(samples_dir):
     assert (counts > 0).all(), "every class appears in the labelled samples"
     pool = UnlabelledPool(samples_dir / "unlabelled", crop_size=64, stats=ds.stats)
     assert len(pool) >= 64
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aligned_crop_moves_features_with_the_image(seed):
+    """Features = the image average-pooled by their stride: after crop + D4 they must still be exactly
+    the pooled image crop, which holds only if offsets and transforms agree."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(2, 72, 88)).astype(np.float32)
+    mask = rng.integers(0, 5, size=(72, 88)).astype(np.uint8)
+    strides = [4, 2]
+    feats = [F.avg_pool2d(torch.from_numpy(image)[None], s)[0] for s in strides]
+    img_c, mask_c, feat_c = aligned_crop_d4(rng, image, mask, feats, strides, crop=32, augment=True, ignore_index=255)
+    assert img_c.shape == (2, 32, 32) and mask_c.shape == (32, 32)
+    for f, s in zip(feat_c, strides):
+        torch.testing.assert_close(f, F.avg_pool2d(torch.from_numpy(img_c)[None], s)[0], atol=1e-6, rtol=0)
+
+
+def test_aligned_crop_pads_tiles_smaller_than_the_crop():
+    rng = np.random.default_rng(0)
+    image, mask = np.ones((3, 20, 24), np.float32), np.zeros((20, 24), np.uint8)
+    feats = [torch.ones(8, 5, 6)]
+    img_c, mask_c, feat_c = aligned_crop_d4(rng, image, mask, feats, [4], crop=32, augment=False, ignore_index=255)
+    assert img_c.shape == (3, 32, 32) and feat_c[0].shape == (8, 8, 8)
+    assert (mask_c[20:] == 255).all() and (mask_c[:, 24:] == 255).all() and (mask_c[:20, :24] == 0).all()

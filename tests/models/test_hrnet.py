@@ -20,7 +20,7 @@ def test_timm_parity_parameter_count(variant):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
 
 
-@pytest.mark.parametrize("variant", ["w18_small", "w18", "w32", "w48"])
+@pytest.mark.parametrize("variant", ["w18_small", *(pytest.param(v, marks=pytest.mark.slow) for v in ("w18", "w32", "w48"))])
 def test_timm_parity_converted_weights_give_the_same_branches(variant):
     torch.manual_seed(0)
     ref = _timm(variant)
@@ -52,7 +52,7 @@ def test_timm_parity_wrong_variant_is_named():
         convert_timm_state_dict(_timm("w18").state_dict(), HRNetBackbone("w32"))
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", [v if v == "w18_small" else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS])
 def test_branch_shapes_and_head_for_every_variant(variant):
     net = HRNetBackbone(variant, in_channels=5)
     ys = net(torch.zeros(1, 5, 64, 96))

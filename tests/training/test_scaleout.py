@@ -12,44 +12,22 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import ACCELERATE, SAMPLES, launch
+
 pytestmark = pytest.mark.slow
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 if not ACCELERATE.exists():
     pytest.skip("accelerate's launcher is not installed beside this Python", allow_module_level=True)
 
 
-def _launch(processes: int, *args: str) -> str:
-    """Run ``python *args`` alone or as ``processes`` CPU processes under ``accelerate launch``; return stdout.
-
-    ``accelerate launch --cpu --num_processes 2`` starts ONE process unless MPI is set up; torchrun's
-    launcher (``--multi_gpu``) with ``ACCELERATE_USE_CPU=true`` starts real gloo processes.  Each run
-    must report a world of that size, or the test would compare a run with itself.
-    """
-    env = dict(os.environ)
-    if processes == 1:
-        cmd = [sys.executable, *args]
-    else:
-        env["ACCELERATE_USE_CPU"] = "true"
-        cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f" {processes} process(es) on cpu" in r.stdout, (r.stdout + r.stderr)[-2000:]
-    return r.stdout
-
-
 def _run(out: Path, processes: int, *extra: str) -> None:
-    _launch(processes, "-m", "diffhrnet_lab.cli", "pretrain", "--profile", "smoke", "--out", str(out), "--steps", "4",
+    launch(processes, "-m", "diffhrnet_lab.cli", "pretrain", "--profile", "smoke", "--out", str(out), "--steps", "4",
             *extra)
 
 
@@ -83,10 +61,10 @@ def test_two_process_pretraining_matches_one_process_and_resumes(tmp_path):
 
 def test_pool_is_sharded_no_tile_twice_per_epoch_and_same_batches_as_one_process(tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    _launch(1, str(Path(__file__).with_name("shard_probe.py")), str(one))
-    _launch(2, str(Path(__file__).with_name("shard_probe.py")), str(two))
+    launch(1, str(Path(__file__).with_name("shard_probe.py")), str(one))
+    launch(2, str(Path(__file__).with_name("shard_probe.py")), str(two))
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
-    n_tiles = len(list((Path(__file__).parents[1] / "data_samples" / "unlabelled").glob("*.tif")))
+    n_tiles = len(list((SAMPLES / "unlabelled").glob("*.tif")))
     for epoch in (0, 1):
         ids = [r[3] for r in b if r[0] == epoch]
         assert len(ids) == len(set(ids)) == n_tiles  # every tile once per epoch, none twice
@@ -120,8 +98,8 @@ def test_two_process_finetuning_matches_one_process_and_resumes(tmp_path):
     noise can flip the sign of a whole update (lr): no weight may differ by more than 2·lr per step,
     and almost all must agree to 1e-4.  A broken split (a process seeing the whole batch, or other
     samples) changes the step-1 loss by percents and most weights by ~lr: this test catches it."""
-    _launch(1, *FINETUNE, "--out", str(tmp_path / "one"))
-    out2 = _launch(2, *FINETUNE, "--out", str(tmp_path / "two"))
+    launch(1, *FINETUNE, "--out", str(tmp_path / "one"))
+    out2 = launch(2, *FINETUNE, "--out", str(tmp_path / "two"))
     a, b = _model(tmp_path / "one"), _model(tmp_path / "two")
     assert set(a) == set(b)
     diff = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
@@ -138,31 +116,8 @@ def test_two_process_finetuning_matches_one_process_and_resumes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
     assert not list((tmp_path / "two").glob(".*tmp*"))
     # a 2-process run stopped at step 2 resumes to the uninterrupted 2-process result
-    _launch(2, *FINETUNE, "--out", str(tmp_path / "resumed"), "--stop-after", "2")
+    launch(2, *FINETUNE, "--out", str(tmp_path / "resumed"), "--stop-after", "2")
     assert not (tmp_path / "resumed" / "last").exists()
-    _launch(2, *FINETUNE, "--out", str(tmp_path / "resumed"), "--resume", "latest")
+    launch(2, *FINETUNE, "--out", str(tmp_path / "resumed"), "--resume", "latest")
     c = _model(tmp_path / "resumed")
     assert max((b[k].float() - c[k].float()).abs().max().item() for k in b) < 1e-6
-
-
-def test_feature_extraction_sharded_across_processes_writes_each_tile_once(tmp_path):
-    from diffhrnet_lab.data.io import read_tile, write_geotiff
-
-    src = sorted((Path(__file__).parents[1] / "data_samples" / "unlabelled").glob("*.tif"))[:5]
-    for f in src:
-        write_geotiff(tmp_path / "archive" / "sub" / f.name, read_tile(f).image[:, :72, :88])
-    cli = ["-m", "diffhrnet_lab.cli", "features", "--data", str(tmp_path / "archive"), "--set", "features.cache_window=64"]
-    _launch(1, *cli, "--cache", str(tmp_path / "one"))
-    _launch(2, *cli, "--cache", str(tmp_path / "two"))
-    (m1,), (m2,) = (tmp_path / "one").rglob("manifest.json"), (tmp_path / "two").rglob("manifest.json")
-    man1, man2 = json.loads(m1.read_text()), json.loads(m2.read_text())
-    assert man2["processes"] == 2 and sorted(man2["written_by"]) == sorted(man1["written_by"])
-    assert len(man2["written_by"]) == 5 and set(man2["written_by"].values()) == {0, 1}  # both worked, disjointly
-    f1 = sorted(m1.parent.glob("*.safetensors"))
-    f2 = sorted(m2.parent.glob("*.safetensors"))
-    assert [f.name for f in f1] == [f.name for f in f2] and len(f1) == 5
-    assert not [p for p in (tmp_path / "two").rglob("*") if ".tmp" in p.name]
-    for x, y in zip(f1, f2):
-        a, b = load_file(str(x)), load_file(str(y))
-        for k in a:  # float16 files: one rounding step apart at most when thread counts differ
-            torch.testing.assert_close(a[k].float(), b[k].float(), atol=2e-3, rtol=2e-3)

@@ -1,0 +1,83 @@
+"""Fusion operators and the stage setting parser, on tiny tensors with known answers."""
+
+import math
+
+import pytest
+import torch
+
+from diffhrnet_lab.errors import ConfigError
+from diffhrnet_lab.models.fusion import FusionPoint, parse_stages
+
+EPS = 1 / math.sqrt(1 + 1e-5)  # an eval-mode BatchNorm with mean 0, variance 1, scale 1 multiplies by this
+
+
+def _identity_adapters(p: FusionPoint) -> FusionPoint:
+    """1x1 convs of weight 1 and BN scale 1: each adapter passes its (1-channel) stream through."""
+    with torch.no_grad():
+        for a in p.adapters:
+            a.proj.weight.fill_(1.0)
+            a.bn.weight.fill_(1.0)
+    return p.eval()
+
+
+def test_gated_weights_are_the_softmax_of_the_stream_logits():
+    p = FusionPoint("gated", 18, [96, 96, 96, 96])
+    torch.testing.assert_close(p.stream_weights(), torch.full((4,), 0.25))  # uniform until trained
+    with torch.no_grad():
+        p.stream_logits.copy_(torch.log(torch.tensor([1.0, 2.0, 3.0, 4.0])))
+    torch.testing.assert_close(p.stream_weights(), torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    torch.testing.assert_close(FusionPoint("add", 18, [8, 8, 8]).stream_weights(), torch.ones(3))
+
+
+def test_gated_output_is_branch_plus_half_the_weighted_mixture_while_the_gate_is_closed():
+    """Gate conv at zero: sigmoid(0) = 0.5 everywhere, so out = x + 0.5 · Σ w_i · stream_i."""
+    p = _identity_adapters(FusionPoint("gated", 1, [1, 1]))
+    with torch.no_grad():
+        p.stream_logits.copy_(torch.log(torch.tensor([1.0, 3.0])))  # weights 0.25, 0.75
+    x = torch.tensor([[[[1.0, -2.0], [0.5, 4.0]]]])
+    s1, s2 = torch.full((1, 1, 2, 2), 2.0), torch.tensor([[[[4.0, 0.0], [-4.0, 8.0]]]])
+    with torch.no_grad():
+        out = p(x, [s1, s2])
+    torch.testing.assert_close(out, x + 0.5 * EPS * (0.25 * s1 + 0.75 * s2))
+
+
+def test_add_sums_the_adapted_streams_onto_the_branch_and_starts_as_the_identity():
+    x = torch.randn(2, 1, 3, 5)
+    streams = [torch.randn(2, 1, 3, 5), torch.randn(2, 1, 3, 5)]
+    p = FusionPoint("add", 1, [1, 1]).eval()
+    with torch.no_grad():
+        assert torch.equal(p(x, streams), x)  # zero-initialised BN scales: exactly the branch
+        _identity_adapters(p)
+        torch.testing.assert_close(p(x, streams), x + EPS * (streams[0] + streams[1]))
+
+
+def test_adapter_average_pools_a_finer_stream_and_upsamples_a_coarser_one():
+    p = _identity_adapters(FusionPoint("add", 1, [1]))
+    fine = torch.arange(16.0).reshape(1, 1, 4, 4)
+    with torch.no_grad():
+        down = p(torch.zeros(1, 1, 2, 2), [fine])
+        up = p(torch.zeros(1, 1, 4, 4), [torch.full((1, 1, 2, 2), 3.0)])
+    torch.testing.assert_close(down, EPS * torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+    torch.testing.assert_close(up, torch.full((1, 1, 4, 4), 3.0 * EPS))  # a constant stays constant
+
+
+def test_concat_mixes_branch_and_streams_back_to_the_branch_width():
+    p = FusionPoint("concat", 4, [6, 2, 9]).eval()
+    assert p.mix[0].in_channels == 4 * 4 and p.mix[0].out_channels == 4
+    out = p(torch.randn(1, 4, 8, 8), [torch.randn(1, 6, 8, 8), torch.randn(1, 2, 4, 4), torch.randn(1, 9, 16, 16)])
+    assert out.shape == (1, 4, 8, 8) and (out >= 0).all()  # the mix ends in a ReLU
+
+
+@pytest.mark.parametrize("given,expected", [("none", ()), ("late", (4,)), ("multistage", (1, 2, 3, 4)),
+                                            ("2 4", (2, 4)), ("4,2, 2", (2, 4)), ([3, 1], (1, 3))])
+def test_stage_settings_parse_to_sorted_unique_stages(given, expected):
+    assert parse_stages(given) == expected
+
+
+def test_bad_settings_list_valid_ones():
+    with pytest.raises(ConfigError, match="none, late, multistage"):
+        parse_stages("early")
+    with pytest.raises(ConfigError, match="valid stages are 1, 2, 3, 4"):
+        parse_stages([0, 5])
+    with pytest.raises(ConfigError, match="concat, add, gated"):
+        FusionPoint("max", 18, [32])

@@ -1,0 +1,186 @@
+"""The three segmenters (HRNet-only, Diff-HRNet, DDPM pixel classifier) and their safetensors checkpoints."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from diffhrnet_lab.config import embedded_ddpm_dir
+from diffhrnet_lab.ddpm.unet import build_scheduler, build_unet, load_bundle
+from diffhrnet_lab.errors import DataError
+from diffhrnet_lab.features.extractor import FeatureExtractor
+from diffhrnet_lab.models.segmenters import DDPMPixelClassifier, DiffHRNet, load_segmenter
+
+
+@pytest.fixture(scope="module")
+def fx():
+    torch.manual_seed(0)
+    return FeatureExtractor(build_unet("tiny", 4, 64), build_scheduler(), (50, 250), (0, 1))
+
+
+def test_checkpoint_of_another_variant_or_class_count_names_both(trained, tmp_path):
+    with pytest.raises(DataError, match=r"checkpoint is diffhrnet w18_small with 7 classes, but num_classes=6"):
+        load_segmenter(trained, expect={"num_classes": 6})
+    with pytest.raises(DataError, match=r"checkpoint has 'w18_small'"):
+        load_segmenter(trained, expect={"variant": "w48"})
+    bad = tmp_path / "bad"
+    shutil.copytree(trained, bad)
+    meta = json.loads((bad / "model.json").read_text())
+    meta["model"]["variant"], meta["num_classes"] = "w18", 6
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"weights do not fit diffhrnet w18 with 6 classes .* in the file, .* in the model"):
+        load_segmenter(bad)
+
+
+def test_changed_ddpm_weights_are_detected(trained, tmp_path):
+    other = tmp_path / "ddpm"
+    shutil.copytree(embedded_ddpm_dir(), other)
+    b = load_bundle(other)
+    from diffhrnet_lab.ddpm.unet import save_bundle
+
+    with torch.no_grad():
+        next(b.unet.parameters()).add_(1.0)
+    save_bundle(other, b.unet, b.scheduler, b.stats, b.meta)
+    with pytest.raises(DataError, match="DDPM weights differ"):
+        load_segmenter(trained, ddpm_path=other)
+
+
+class _Booby:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.slow
+def test_pickles_are_refused_without_being_unpickled(tmp_path, samples_dir):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": _Booby(str(marker))}))
+    r = subprocess.run([sys.executable, "-m", "diffhrnet_lab.cli", "evaluate", "--checkpoint", str(evil), "--data",
+                        str(samples_dir), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "refused without being opened" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(DataError, match="refused"):
+        load_segmenter(evil)
+    # a pickle under the expected names is still never unpickled
+    fake = tmp_path / "fake"
+    (fake / "unet").mkdir(parents=True)
+    (fake / "model.json").write_text("{}")
+    (fake / "model.safetensors").write_bytes(evil.read_bytes())
+    (fake / "ddpm.json").write_text("{}")
+    (fake / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(evil.read_bytes())
+    with pytest.raises(DataError, match="corrupt"):
+        load_segmenter(fake)
+    with pytest.raises(DataError):
+        load_bundle(fake)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("model_cls", ["multistage", "late", "mlp"])
+def test_model_given_its_own_features_equals_model_computing_them(fx, model_cls):
+    torch.manual_seed(2)
+    m = (DDPMPixelClassifier(5, fx) if model_cls == "mlp" else DiffHRNet(5, 4, "w18_small", fx, model_cls, "concat")).eval()
+    x = torch.randn(2, 4, 64, 96)
+    with torch.no_grad():
+        feats = fx.compute(x)
+        a, b = m(x), m(x, [feats[k] for k in fx.keys])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+FAST_COMBOS = {("none", "add"), ("late", "concat"), ("2 4", "gated")}  # every stage setting runs in the slow set
+
+
+@pytest.mark.parametrize("stages,fusion", [
+    (s, f) if (s, f) in FAST_COMBOS else pytest.param(s, f, marks=pytest.mark.slow)
+    for s in ("none", "late", "multistage", "2 4") for f in ("concat", "add", "gated")])
+def test_output_shape_for_every_stage_setting_and_operator(fx, stages, fusion):
+    m = DiffHRNet(7, 4, "w18_small", fx, stages, fusion)
+    y = m(torch.randn(2, 4, 45, 70))
+    assert y.shape == (2, 7, 45, 70)
+    expected = {"none": 0, "late": 4, "multistage": 1 + 2 + 3 + 4, "2 4": 2 + 4}[stages]
+    assert len(m.points) == expected
+
+
+@pytest.mark.parametrize("op", [pytest.param("add", marks=pytest.mark.slow), "gated"])
+def test_add_and_gated_start_as_the_hrnet_only_model_with_the_same_weights(fx, op):
+    """Zero-initialised fusion: before training, Diff-HRNet's logits are those of an HRNet-only model
+    holding the same backbone and head weights (odd input size: padding and cropping included)."""
+    torch.manual_seed(1)
+    plain = DiffHRNet(5, 4, "w18_small").eval()
+    fused = DiffHRNet(5, 4, "w18_small", fx, "multistage", op).eval()
+    missing, unexpected = fused.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("points.", "ddpm.")) for k in missing)
+    x = torch.randn(1, 4, 45, 70)
+    with torch.no_grad():
+        a, b = plain(x), fused(x)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    concat = DiffHRNet(5, 4, "w18_small", fx, "multistage", "concat").eval()
+    concat.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        assert (concat(x) - a).abs().max() > 1e-2  # concat does change the output: the comparison can fail
+
+
+def test_logits_of_an_odd_sized_input_are_the_top_left_of_its_padded_input_logits():
+    """Inputs are reflect-padded at the bottom/right to a multiple of 32 and the logits cropped back."""
+    from diffhrnet_lab.data.tiling import pad_to
+
+    torch.manual_seed(3)
+    m = DiffHRNet(3, 4, "w18_small").eval()
+    x = torch.randn(1, 4, 45, 70)
+    xp, h, w = pad_to(x, 32)
+    assert xp.shape[-2:] == (64, 96) and (h, w) == (45, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m(xp)[..., :45, :70], atol=1e-5, rtol=0)
+
+
+def test_frozen_ddpm_gets_no_gradient_and_is_not_checkpointed(fx):
+    m = DiffHRNet(3, 4, "w18_small", fx, "late", "concat")
+    m(torch.randn(2, 4, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in m.ddpm.parameters())
+    assert any(p.grad is not None for p in m.points.parameters())
+    assert not any(k.startswith("ddpm.") for k in m.trainable_state_dict())
+
+
+def test_finetuned_ddpm_gets_gradients_and_is_checkpointed():
+    torch.manual_seed(0)
+    fx = FeatureExtractor(build_unet("tiny", 4, 64), build_scheduler(), (50,), (0,))
+    # concat: add/gated start with zero adapter scales, so the DDPM's gradient is zero at step 0
+    m = DiffHRNet(3, 4, "w18_small", fx, "late", "concat", finetune_ddpm=True)
+    m(torch.randn(2, 4, 32, 32)).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.ddpm.parameters())
+    assert any(k.startswith("ddpm.") for k in m.trainable_state_dict())
+
+
+def test_ddpm_pixel_classifier_is_the_same_mlp_applied_to_every_pixel(fx):
+    """Features given at the input's resolution are not resized: each pixel's logits are the MLP
+    (Linear → ReLU → BN → Linear → ReLU → BN → Linear) of that pixel's concatenated features."""
+    torch.manual_seed(4)
+    m = DDPMPixelClassifier(6, fx).eval()
+    for bn in (m.mlp[2], m.mlp[5]):  # non-trivial running statistics, so eval-mode BN is exercised
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 4, 5, 7)
+    streams = [torch.randn(1, fx.channels()[k], 5, 7) for k in fx.keys]
+    with torch.no_grad():
+        out = m(x, streams)
+    assert out.shape == (1, 6, 5, 7)
+
+    def lin(conv, v):
+        return v @ conv.weight[:, :, 0, 0].T + conv.bias
+
+    def bn(b, v):
+        return (v - b.running_mean) / torch.sqrt(b.running_var + b.eps) * b.weight + b.bias
+
+    for i, j in ((0, 0), (2, 3), (4, 6)):
+        v = torch.cat([s[0, :, i, j] for s in streams])
+        with torch.no_grad():
+            h = bn(m.mlp[2], lin(m.mlp[0], v).relu())
+            h = bn(m.mlp[5], lin(m.mlp[3], h).relu())
+            torch.testing.assert_close(out[0, :, i, j], lin(m.mlp[6], h), atol=1e-5, rtol=1e-5)
