@@ -28,11 +28,25 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    """Read every image and mask once, as training would, and report per-class pixel counts."""
+    """Read every image and mask once, as training would, and report per-class pixel counts and,
+    for a named ``--dataset``, the layout form found and its official splits."""
     from .data.datasets import LabelledTiles, find_pairs
+    from .data.layouts import resolve_dataset
 
-    pairs = find_pairs(args.data, images=args.images, masks=args.masks)
-    ds = LabelledTiles(pairs, args.scheme)
+    if args.dataset:
+        rd = resolve_dataset(args.data, args.dataset)
+        pairs = rd.labelled
+        print(f"{args.data}: {rd.layout.title}, {rd.form} form; {len(rd.pairs)} image(s), {len(pairs)} with masks")
+        for name in rd.split_names() or [""]:
+            sp = [p for p in rd.pairs if rd.splits.get(p.id, "") == name]
+            print(f"  split {name or '(none)':<6} {len(sp):>6} image(s) ({sum(p.mask is not None for p in sp)} "
+                  f"labelled) in {len({p.group for p in sp})} scene(s)")
+        if not rd.split_names():
+            print("  no official split: fine-tuning splits by scene (data.val_groups / data.val_fraction)")
+        scheme = rd.scheme
+    else:
+        pairs, scheme = find_pairs(args.data, images=args.images, masks=args.masks), args.scheme
+    ds = LabelledTiles(pairs, scheme)
     counts = ds.class_pixel_counts()
     total = max(1, int(counts.sum()))
     print(f"{args.data}: {len(pairs)} tiles in {len({p.group for p in pairs})} scene(s), {ds.stats.bands} band(s), "
@@ -129,6 +143,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     cfg.model = replace(cfg.model, **changes)
     if args.data:
         cfg.data = replace(cfg.data, root=str(args.data), scheme=args.scheme or cfg.data.scheme)
+    if args.dataset is not None:
+        cfg.data = replace(cfg.data, dataset=args.dataset)
     if args.ddpm:
         cfg.features = replace(cfg.features, checkpoint=str(args.ddpm))
     s = finetune(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
@@ -199,6 +215,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+_DATASET_HELP = ("isprs_potsdam, isprs_vaihingen, loveda, landcover_ai or dubai, as released or converted by "
+                 "mmsegmentation; empty: a generic images/ + masks/ folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import samples_dir
 
@@ -215,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheme", default="samples")
     s.add_argument("--images", default="images")
     s.add_argument("--masks", default=None)
+    s.add_argument("--dataset", default="", help=_DATASET_HELP)
     s.set_defaults(func=_cmd_check_data)
 
     s = sub.add_parser("pretrain", help="pretrain a DDPM on a folder of unlabelled tiles")
@@ -246,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fusion", default=None, help="concat, add or gated")
     s.add_argument("--data", type=Path, default=None, help="labelled folder (images/ + masks/)")
     s.add_argument("--scheme", default=None)
+    s.add_argument("--dataset", default=None, help=_DATASET_HELP + "; its official train/val split is used "
+                   "unless data.val_groups is set")
     s.add_argument("--ddpm", type=Path, default=None, help="DDPM bundle (default: the embedded tiny one)")
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any config field, repeatable")
     s.add_argument("--resume", default=None)

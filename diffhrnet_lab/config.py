@@ -58,7 +58,8 @@ class DataConfig:
     """Where the labelled tiles are and how they are cropped and split."""
 
     root: str = ""  # empty: the embedded samples' labelled/ folder
-    scheme: str = "samples"
+    scheme: str = "samples"  # of a generic folder; a named dataset brings its own (data.layouts)
+    dataset: str = ""  # isprs_potsdam, isprs_vaihingen, loveda, landcover_ai, dubai; empty: images/ + masks/
     crop_size: int = 128
     batch_size: int = 4
     val_groups: tuple[str, ...] | None = None

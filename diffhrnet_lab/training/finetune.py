@@ -28,6 +28,7 @@ from ..config import FeatureConfig, ProfileConfig, embedded_ddpm_dir
 from ..data.datasets import LabelledTiles, find_pairs, first_per_group, label_budget, split_by_group
 from ..data.io import compute_band_stats
 from ..data.labels import get_scheme
+from ..data.layouts import train_val_pairs
 from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError
 from ..features.extractor import FeatureExtractor, file_hash
@@ -81,9 +82,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         raise ConfigError("features.cache needs a frozen DDPM: cached features cannot follow a DDPM being fine-tuned")
     accelerator = make_accelerator(tc.mixed_precision)
     main = accelerator.is_main_process
-    scheme = get_scheme(dc.scheme)
-    pairs = first_per_group(find_pairs(dc.resolved_root()), dc.max_per_group)
-    train_pairs, val_pairs = split_by_group(pairs, dc.val_groups, dc.val_fraction, seed=dc.seed)
+    scheme, train_pairs, val_pairs = train_val_pairs(dc)  # a named dataset: its official split
     train_pairs = label_budget(train_pairs, dc.label_budget, seed=dc.seed)
     bundle = load_bundle(ddpm_dir_of(fc)) if mc.method != "hrnet" else None
     stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])
