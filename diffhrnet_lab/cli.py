@@ -77,7 +77,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"preset": args.preset, "pool": args.pool and str(args.pool), "steps": args.steps,
                                  "batch_size": args.batch_size, "sample_size": args.sample_size,
                                  "beta_schedule": args.schedule, "lr": args.lr, "seed": args.seed,
-                                 "mixed_precision": args.mixed_precision}.items() if v is not None}
+                                 "mixed_precision": args.mixed_precision, "log_with": args.log_with}.items()
+               if v is not None}
     cfg = replace(cfg, **changes)
     final = pretrain(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
     if final.exists():
@@ -141,6 +142,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"method": args.method, "variant": args.variant, "stages": args.stages,
                                  "fusion": args.fusion}.items() if v is not None}
     cfg.model = replace(cfg.model, **changes)
+    if args.log_with is not None:
+        cfg.train = replace(cfg.train, log_with=args.log_with)
     if args.data:
         cfg.data = replace(cfg.data, root=str(args.data), scheme=args.scheme or cfg.data.scheme)
     if args.dataset is not None:
@@ -219,6 +222,9 @@ _DATASET_HELP = ("isprs_potsdam, isprs_vaihingen, loveda, landcover_ai or dubai,
                  "mmsegmentation; empty: a generic images/ + masks/ folder")
 
 
+_LOG_WITH_HELP = "tensorboard, wandb or mlflow (when installed): log to that dashboard too; files in <out>/logs"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import samples_dir
 
@@ -254,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stop-after", type=int, default=None, help="end this invocation after this step")
     s.add_argument("--export", type=Path, default=None, help="copy the final bundle + loss log + samples here")
     s.add_argument("--export-half", action="store_true", help="store exported weights in float16")
+    s.add_argument("--log-with", default=None, help=_LOG_WITH_HELP)
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="any config field, repeatable, e.g. ddpm.num_workers=4 (the options above win)")
     s.set_defaults(func=_cmd_pretrain)
@@ -273,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any config field, repeatable")
     s.add_argument("--resume", default=None)
     s.add_argument("--stop-after", type=int, default=None)
+    s.add_argument("--log-with", default=None, help=_LOG_WITH_HELP)
     s.set_defaults(func=_cmd_finetune)
 
     s = sub.add_parser("evaluate", help="predict whole tiles; metrics when masks are present")

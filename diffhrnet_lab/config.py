@@ -90,6 +90,7 @@ class DDPMConfig:
     ema_max_decay: float = 0.999
     mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     log_every: int = 10
+    log_with: str = ""  # tensorboard, wandb or mlflow: also log loss and lr there (accelerate trackers)
     sample_every: int = 500
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -138,6 +139,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_window: int = 128  # 0: whole tiles in one forward pass (memory grows with the tile)
     log_every: int = 10  # losses are read back from the device (a host sync) every this many steps
+    log_with: str = ""  # tensorboard, wandb or mlflow: loss, lr, validation mIoU and predictions (<out>/logs)
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     mixed_precision: str = "auto"

@@ -41,6 +41,7 @@ from .accelerator import make_accelerator, step_loader
 from .checkpoints import fault_point, read_state, resolve_resume, save_checkpoint, write_state
 from .pretrain import LossLog
 from .schedules import poly_with_warmup
+from .trackers import Tracking, check_log_with, logging_dir
 
 
 def poly_lr(step: int, cfg) -> float:
@@ -80,7 +81,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         raise ConfigError(f"unknown method '{mc.method}'; choose one of {', '.join(SEGMENTERS)}")
     if fc.cache and mc.finetune_ddpm:
         raise ConfigError("features.cache needs a frozen DDPM: cached features cannot follow a DDPM being fine-tuned")
-    accelerator = make_accelerator(tc.mixed_precision)
+    accelerator = make_accelerator(tc.mixed_precision, check_log_with(tc.log_with), logging_dir(out))
+    tracking = Tracking(accelerator, tc.log_with, "finetune", cfg)
     main = accelerator.is_main_process
     scheme, train_pairs, val_pairs = train_val_pairs(dc)  # a named dataset: its official split
     train_pairs = label_budget(train_pairs, dc.label_budget, seed=dc.seed)
@@ -139,14 +141,17 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     losses, unlogged = LossLog(), []
 
     def evaluate_now() -> dict:
-        cm, _ = validate(accelerator.unwrap_model(model), val_ds, tc.eval_window, accelerator.device)
+        cm, preds = validate(accelerator.unwrap_model(model), val_ds, tc.eval_window, accelerator.device)
         train_mode(model, tc.norm_eval)
-        return scores(cm, list(scheme.classes)).as_dict()
+        val = scores(cm, list(scheme.classes)).as_dict()
+        tracking.validation(step, val, val_ds, preds)
+        return val
 
     def flush() -> None:
         """Losses to the history rows that wait for them (one host sync per log interval)."""
         for row, value in zip(unlogged, losses.flush(last_good)):
             row["loss"] = value
+            tracking.scalars({"train/loss": value, "train/lr": poly_lr(row["step"] - 1, tc)}, row["step"])
         unlogged.clear()
         recent = [r["loss"] for r in history[-10:]]
         bar.set_postfix(loss=f"{np.mean(recent):.3f}", best=f"{max(best['miou'], 0):.3f}")
@@ -178,6 +183,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
                     d, accelerator.unwrap_model(model), optimizer, step, best, history, cfg), tc.keep_checkpoints)
             accelerator.wait_for_everyone()
     bar.close()
+    tracking.end()
     summary = {"method": mc.method, "steps": step, "best_miou": best["miou"], "best_step": best["step"],
                "best_scores": best.get("scores"), "history": history, "train_groups": meta["data"]["train_groups"],
                "val_groups": meta["data"]["val_groups"], "out": str(out)}
