@@ -90,6 +90,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push_bundle(args: argparse.Namespace) -> int:
+    from .ddpm.unet import push_bundle
+
+    print(f"[push-bundle] {args.bundle} → {args.repo_id}: {push_bundle(args.bundle, args.repo_id, private=args.private)}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .experiments.bench import run
     from .config import check_profile, default_profile
@@ -264,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="any config field, repeatable, e.g. ddpm.num_workers=4 (the options above win)")
     s.set_defaults(func=_cmd_pretrain)
+
+    s = sub.add_parser("push-bundle", help="upload a DDPM bundle to the Hugging Face Hub (then --ddpm user/repo "
+                       "anywhere, or diffusers' DDPMPipeline.from_pretrained)")
+    s.add_argument("bundle", type=Path)
+    s.add_argument("repo_id", help="user/repo; created if needed (log in first: huggingface-cli login)")
+    s.add_argument("--private", action="store_true")
+    s.set_defaults(func=_cmd_push_bundle)
 
     s = sub.add_parser("finetune", help="fine-tune HRNet / Diff-HRNet / the DDPM pixel classifier")
     s.add_argument("--profile", default=None)

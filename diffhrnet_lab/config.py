@@ -123,7 +123,7 @@ class ModelConfig:
     fusion: str = "gated"  # concat | add | gated
     finetune_ddpm: bool = False
     head_dropout: float = 0.1  # HRNetV2 head (mmseg's dropout_ratio); 0 for runs that must match across process counts
-    init_timm: str = ""  # optional timm hrnet_* weights (.safetensors) to start the backbone from
+    init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
 
 
 @dataclass

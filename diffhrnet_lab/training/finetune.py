@@ -36,6 +36,7 @@ from ..fileio import atomic_write_csv, atomic_write_json, check_writable, checkp
 from ..inference.evaluate import validate
 from ..inference.metrics import scores
 from ..models.hrnet import convert_timm_state_dict
+from ..models.pretrained import load_timm_backbone
 from ..models.segmenters import SEGMENTERS, build_segmenter, ddpm_dir_of, save_segmenter
 from .accelerator import make_accelerator, step_loader
 from .checkpoints import fault_point, read_state, resolve_resume, save_checkpoint, write_state
@@ -98,7 +99,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         model.extractor.unet.to(accelerator.device)
         _attach_cached_features(model.extractor, fc, (train_ds, val_ds), progress and main)
     if mc.init_timm:
-        model.backbone.load_state_dict(convert_timm_state_dict(load_tensors(Path(mc.init_timm)), model.backbone))
+        load_timm_backbone(model.backbone, mc.init_timm)  # a timm model name, or a local .safetensors file
     params = [p for p in model.parameters() if p.requires_grad]
     check_writable(out, checkpoint_bytes(model, copies=3), "checkpoints (weights, optimizer)")
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
