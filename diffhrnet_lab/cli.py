@@ -28,11 +28,25 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    """Read every image and mask once, as training would, and report per-class pixel counts."""
+    """Read every image and mask once, as training would, and report per-class pixel counts and,
+    for a named ``--dataset``, the layout form found and its official splits."""
     from .data.datasets import LabelledTiles, find_pairs
+    from .data.layouts import resolve_dataset
 
-    pairs = find_pairs(args.data, images=args.images, masks=args.masks)
-    ds = LabelledTiles(pairs, args.scheme)
+    if args.dataset:
+        rd = resolve_dataset(args.data, args.dataset)
+        pairs = rd.labelled
+        print(f"{args.data}: {rd.layout.title}, {rd.form} form; {len(rd.pairs)} image(s), {len(pairs)} with masks")
+        for name in rd.split_names() or [""]:
+            sp = [p for p in rd.pairs if rd.splits.get(p.id, "") == name]
+            print(f"  split {name or '(none)':<6} {len(sp):>6} image(s) ({sum(p.mask is not None for p in sp)} "
+                  f"labelled) in {len({p.group for p in sp})} scene(s)")
+        if not rd.split_names():
+            print("  no official split: fine-tuning splits by scene (data.val_groups / data.val_fraction)")
+        scheme = rd.scheme
+    else:
+        pairs, scheme = find_pairs(args.data, images=args.images, masks=args.masks), args.scheme
+    ds = LabelledTiles(pairs, scheme)
     counts = ds.class_pixel_counts()
     total = max(1, int(counts.sum()))
     print(f"{args.data}: {len(pairs)} tiles in {len({p.group for p in pairs})} scene(s), {ds.stats.bands} band(s), "
@@ -63,7 +77,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"preset": args.preset, "pool": args.pool and str(args.pool), "steps": args.steps,
                                  "batch_size": args.batch_size, "sample_size": args.sample_size,
                                  "beta_schedule": args.schedule, "lr": args.lr, "seed": args.seed,
-                                 "mixed_precision": args.mixed_precision}.items() if v is not None}
+                                 "mixed_precision": args.mixed_precision, "log_with": args.log_with}.items()
+               if v is not None}
     cfg = replace(cfg, **changes)
     final = pretrain(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
     if final.exists():
@@ -72,6 +87,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
             print(f"[pretrain] exported to {export_bundle(args.out, args.export, half=args.export_half)}")
     else:
         print(f"[pretrain] stopped; continue with --resume latest --out {args.out}")
+    return 0
+
+
+def _cmd_push_bundle(args: argparse.Namespace) -> int:
+    from .ddpm.unet import push_bundle
+
+    print(f"[push-bundle] {args.bundle} → {args.repo_id}: {push_bundle(args.bundle, args.repo_id, private=args.private)}")
     return 0
 
 
@@ -127,8 +149,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in {"method": args.method, "variant": args.variant, "stages": args.stages,
                                  "fusion": args.fusion}.items() if v is not None}
     cfg.model = replace(cfg.model, **changes)
+    if args.log_with is not None:
+        cfg.train = replace(cfg.train, log_with=args.log_with)
     if args.data:
         cfg.data = replace(cfg.data, root=str(args.data), scheme=args.scheme or cfg.data.scheme)
+    if args.dataset is not None:
+        cfg.data = replace(cfg.data, dataset=args.dataset)
     if args.ddpm:
         cfg.features = replace(cfg.features, checkpoint=str(args.ddpm))
     s = finetune(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
@@ -199,6 +225,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+_DATASET_HELP = ("isprs_potsdam, isprs_vaihingen, loveda, landcover_ai or dubai, as released or converted by "
+                 "mmsegmentation; empty: a generic images/ + masks/ folder")
+
+
+_LOG_WITH_HELP = "tensorboard, wandb or mlflow (when installed): log to that dashboard too; files in <out>/logs"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import samples_dir
 
@@ -215,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheme", default="samples")
     s.add_argument("--images", default="images")
     s.add_argument("--masks", default=None)
+    s.add_argument("--dataset", default="", help=_DATASET_HELP)
     s.set_defaults(func=_cmd_check_data)
 
     s = sub.add_parser("pretrain", help="pretrain a DDPM on a folder of unlabelled tiles")
@@ -233,9 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stop-after", type=int, default=None, help="end this invocation after this step")
     s.add_argument("--export", type=Path, default=None, help="copy the final bundle + loss log + samples here")
     s.add_argument("--export-half", action="store_true", help="store exported weights in float16")
+    s.add_argument("--log-with", default=None, help=_LOG_WITH_HELP)
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="any config field, repeatable, e.g. ddpm.num_workers=4 (the options above win)")
     s.set_defaults(func=_cmd_pretrain)
+
+    s = sub.add_parser("push-bundle", help="upload a DDPM bundle to the Hugging Face Hub (then --ddpm user/repo "
+                       "anywhere, or diffusers' DDPMPipeline.from_pretrained)")
+    s.add_argument("bundle", type=Path)
+    s.add_argument("repo_id", help="user/repo; created if needed (log in first: huggingface-cli login)")
+    s.add_argument("--private", action="store_true")
+    s.set_defaults(func=_cmd_push_bundle)
 
     s = sub.add_parser("finetune", help="fine-tune HRNet / Diff-HRNet / the DDPM pixel classifier")
     s.add_argument("--profile", default=None)
@@ -246,10 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fusion", default=None, help="concat, add or gated")
     s.add_argument("--data", type=Path, default=None, help="labelled folder (images/ + masks/)")
     s.add_argument("--scheme", default=None)
+    s.add_argument("--dataset", default=None, help=_DATASET_HELP + "; its official train/val split is used "
+                   "unless data.val_groups is set")
     s.add_argument("--ddpm", type=Path, default=None, help="DDPM bundle (default: the embedded tiny one)")
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any config field, repeatable")
     s.add_argument("--resume", default=None)
     s.add_argument("--stop-after", type=int, default=None)
+    s.add_argument("--log-with", default=None, help=_LOG_WITH_HELP)
     s.set_defaults(func=_cmd_finetune)
 
     s = sub.add_parser("evaluate", help="predict whole tiles; metrics when masks are present")

@@ -82,7 +82,8 @@ class DataConfig:
     """Where the labelled tiles are and how they are cropped and split."""
 
     root: str = ""  # empty: the embedded samples' labelled/ folder
-    scheme: str = "samples"
+    scheme: str = "samples"  # of a generic folder; a named dataset brings its own (data.layouts)
+    dataset: str = ""  # isprs_potsdam, isprs_vaihingen, loveda, landcover_ai, dubai; empty: images/ + masks/
     crop_size: int = 128
     batch_size: int = 4
     val_groups: tuple[str, ...] | None = None
@@ -113,6 +114,7 @@ class DDPMConfig:
     ema_max_decay: float = 0.999
     mixed_precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp32; auto-fp16: fp16 where auto picks fp32 on a GPU
     log_every: int = 10
+    log_with: str = ""  # tensorboard, wandb or mlflow: also log loss and lr there (accelerate trackers)
     sample_every: int = 500
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -147,7 +149,7 @@ class ModelConfig:
     fusion: str = "gated"  # concat | add | gated
     finetune_ddpm: bool = False
     head_dropout: float = 0.1  # HRNetV2 head (mmseg's dropout_ratio); 0 for runs that must match across process counts
-    init_timm: str = ""  # optional timm hrnet_* weights (.safetensors) to start the backbone from
+    init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
 
 
 @dataclass
@@ -163,6 +165,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_window: int = 128  # 0: whole tiles in one forward pass (memory grows with the tile)
     log_every: int = 10  # losses are read back from the device (a host sync) every this many steps
+    log_with: str = ""  # tensorboard, wandb or mlflow: loss, lr, validation mIoU and predictions (<out>/logs)
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     mixed_precision: str = "auto"

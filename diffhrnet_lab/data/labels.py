@@ -172,6 +172,18 @@ ISPRS = LabelScheme(
     description="ISPRS Vaihingen/Potsdam; black marks the eroded boundaries of the 'noBoundary' ground truth.",
 )
 
+ISPRS_MMSEG = LabelScheme(
+    name="isprs_mmseg",
+    classes=ISPRS.classes,
+    colors=ISPRS.colors,
+    encoding="index",
+    index_map={v: v - 1 for v in range(1, 7)},
+    ignore_values=(0, 255),
+    description="ISPRS Vaihingen/Potsdam as mmsegmentation's converters write them (ann_dir/*.png): 0 = boundary "
+                "(ignored), 1..6 = impervious, building, low vegetation, tree, car, clutter (what reduce_zero_label "
+                "turns into 0..5 + 255); 255 is ignored too.",
+)
+
 LOVEDA = LabelScheme(
     name="loveda",
     classes=("background", "building", "road", "water", "barren", "forest", "agriculture"),
@@ -190,7 +202,7 @@ LANDCOVER_AI = LabelScheme(
     description="LandCover.ai v1: GeoTIFF index masks 0..4.",
 )
 
-SCHEMES: dict[str, LabelScheme] = {s.name: s for s in (SAMPLES, DUBAI, ISPRS, LOVEDA, LANDCOVER_AI)}
+SCHEMES: dict[str, LabelScheme] = {s.name: s for s in (SAMPLES, DUBAI, ISPRS, ISPRS_MMSEG, LOVEDA, LANDCOVER_AI)}
 
 
 def get_scheme(name: str | LabelScheme) -> LabelScheme:

@@ -5,12 +5,17 @@ A *bundle* is a folder that holds everything needed to use a pretrained DDPM on 
 and ``ddpm.json`` (preset, band count, training crop size and the band statistics that map the
 tiles to ``[-1, 1]``).  Without the statistics, features of a 16-bit tile would be computed on a
 different input distribution than the one the DDPM learned.
+
+A bundle is also a plain diffusers folder (``model_index.json``): ``DDPMPipeline.from_pretrained``
+and ``UNet2DModel.from_pretrained(bundle / "unet")`` load it directly, so it can be shared on the
+Hugging Face Hub (:func:`push_bundle`) and used by name (``load_bundle("user/repo")``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +107,69 @@ def save_bundle(path: str | os.PathLike, unet: UNet2DModel, scheduler: DDPMSched
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
         scheduler.save_pretrained(tmp / "scheduler")
+        write_model_index(tmp)
         atomic_write_json(tmp / "ddpm.json", {**meta, "stats": stats.to_dict(), "bands": int(unet.config.in_channels)})
     return path
 
 
+def write_model_index(folder: str | os.PathLike) -> Path:
+    """diffusers' pipeline index, so that ``DDPMPipeline.from_pretrained(folder)`` finds ``unet/``
+    and ``scheduler/`` (it ignores ``ddpm.json``, which the kit keeps for the band statistics)."""
+    import diffusers
+
+    target = Path(folder) / "model_index.json"
+    atomic_write_json(target, {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
+                               "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]})
+    return target
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+BUNDLE_FILES = ["ddpm.json", "model_index.json", "unet/*", "scheduler/*", "README.md", "*.csv", "*.png"]
+
+
+def fetch_bundle(spec: str | os.PathLike) -> Path:
+    """A bundle folder: ``spec`` itself when it exists locally, else a Hugging Face Hub repo id
+    (``user/repo``) downloaded with ``snapshot_download`` (or taken from the Hub cache when offline)."""
+    path = Path(spec)
+    if path.exists() or not _REPO_ID.fullmatch(str(spec)) or str(spec).startswith((".", "/")):
+        return path
+    import huggingface_hub
+
+    try:
+        return Path(huggingface_hub.snapshot_download(str(spec), allow_patterns=BUNDLE_FILES))
+    except Exception as first:  # noqa: BLE001 - offline, unknown repo, auth: try the cache, then explain
+        try:
+            return Path(huggingface_hub.snapshot_download(str(spec), allow_patterns=BUNDLE_FILES,
+                                                          local_files_only=True))
+        except Exception:  # noqa: BLE001
+            raise DataError(f"{spec}: no such local folder, and not downloadable as a Hugging Face Hub repo "
+                            f"({type(first).__name__}: {str(first).splitlines()[0][:160]}) nor in the Hub "
+                            "cache") from None
+
+
+def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
+                commit_message: str = "Upload DDPM bundle (diffhrnet_lab)") -> str:
+    """Upload a bundle folder to the Hub repo ``repo_id`` (created if needed); returns the commit URL.
+
+    The folder is checked first (it must load as a bundle) and gets its ``model_index.json`` if an
+    older kit wrote it, so that what is pulled back works with diffusers' ``DDPMPipeline`` too."""
+    import huggingface_hub
+
+    folder = Path(folder)
+    load_bundle(folder)
+    if not (folder / "model_index.json").is_file():
+        write_model_index(folder)
+    api = huggingface_hub.HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message,
+                             allow_patterns=BUNDLE_FILES)
+    return str(getattr(info, "commit_url", info))
+
+
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> DDPMBundle:
-    """Load a bundle from safetensors only (never unpickles); errors name the folder."""
-    path = Path(path)
+    """Load a bundle from safetensors only (never unpickles); errors name the folder.  ``path`` may
+    be a Hugging Face Hub repo id (``user/repo``) when no such local folder exists."""
+    path = fetch_bundle(path)
     meta_file = path / "ddpm.json"
     if not meta_file.is_file():
         raise DataError(f"{path}: not a DDPM bundle (no ddpm.json); make one with `diffhrnet-lab pretrain`")

@@ -28,6 +28,7 @@ from ..config import FeatureConfig, ProfileConfig, embedded_ddpm_dir
 from ..data.datasets import LabelledTiles, find_pairs, first_per_group, label_budget, split_by_group
 from ..data.io import compute_band_stats
 from ..data.labels import get_scheme
+from ..data.layouts import train_val_pairs
 from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError
 from ..features.extractor import FeatureExtractor, file_hash
@@ -35,11 +36,13 @@ from ..fileio import atomic_write_csv, atomic_write_json, check_writable, checkp
 from ..inference.evaluate import validate
 from ..inference.metrics import scores
 from ..models.hrnet import convert_timm_state_dict
+from ..models.pretrained import load_timm_backbone
 from ..models.segmenters import SEGMENTERS, build_segmenter, ddpm_dir_of, save_segmenter
 from .accelerator import make_accelerator, step_loader
 from .checkpoints import fault_point, read_state, resolve_resume, save_checkpoint, write_state
 from .pretrain import LossLog
 from .schedules import poly_with_warmup
+from .trackers import Tracking, check_log_with, logging_dir
 
 
 def poly_lr(step: int, cfg) -> float:
@@ -79,11 +82,10 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         raise ConfigError(f"unknown method '{mc.method}'; choose one of {', '.join(SEGMENTERS)}")
     if fc.cache and mc.finetune_ddpm:
         raise ConfigError("features.cache needs a frozen DDPM: cached features cannot follow a DDPM being fine-tuned")
-    accelerator = make_accelerator(tc.mixed_precision)
+    accelerator = make_accelerator(tc.mixed_precision, check_log_with(tc.log_with), logging_dir(out))
+    tracking = Tracking(accelerator, tc.log_with, "finetune", cfg)
     main = accelerator.is_main_process
-    scheme = get_scheme(dc.scheme)
-    pairs = first_per_group(find_pairs(dc.resolved_root()), dc.max_per_group)
-    train_pairs, val_pairs = split_by_group(pairs, dc.val_groups, dc.val_fraction, seed=dc.seed)
+    scheme, train_pairs, val_pairs = train_val_pairs(dc)  # a named dataset: its official split
     train_pairs = label_budget(train_pairs, dc.label_budget, seed=dc.seed)
     bundle = load_bundle(ddpm_dir_of(fc)) if mc.method != "hrnet" else None
     stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])
@@ -97,7 +99,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         model.extractor.unet.to(accelerator.device)
         _attach_cached_features(model.extractor, fc, (train_ds, val_ds), progress and main)
     if mc.init_timm:
-        model.backbone.load_state_dict(convert_timm_state_dict(load_tensors(Path(mc.init_timm)), model.backbone))
+        load_timm_backbone(model.backbone, mc.init_timm)  # a timm model name, or a local .safetensors file
     params = [p for p in model.parameters() if p.requires_grad]
     check_writable(out, checkpoint_bytes(model, copies=3), "checkpoints (weights, optimizer)")
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -145,14 +147,17 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     losses, unlogged = LossLog(), []
 
     def evaluate_now() -> dict:
-        cm, _ = validate(accelerator.unwrap_model(model), val_ds, tc.eval_window, accelerator.device)
+        cm, preds = validate(accelerator.unwrap_model(model), val_ds, tc.eval_window, accelerator.device)
         train_mode(model, tc.norm_eval)
-        return scores(cm, list(scheme.classes)).as_dict()
+        val = scores(cm, list(scheme.classes)).as_dict()
+        tracking.validation(step, val, val_ds, preds)
+        return val
 
     def flush() -> None:
         """Losses to the history rows that wait for them (one host sync per log interval)."""
         for row, value in zip(unlogged, losses.flush(last_good)):
             row["loss"] = value
+            tracking.scalars({"train/loss": value, "train/lr": poly_lr(row["step"] - 1, tc)}, row["step"])
         unlogged.clear()
         recent = [r["loss"] for r in history[-10:]]
         bar.set_postfix(loss=f"{np.mean(recent):.3f}", best=f"{max(best['miou'], 0):.3f}")
@@ -184,6 +189,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
                     d, accelerator.unwrap_model(model), optimizer, step, best, history, cfg), tc.keep_checkpoints)
             accelerator.wait_for_everyone()
     bar.close()
+    tracking.end()
     summary = {"method": mc.method, "steps": step, "best_miou": best["miou"], "best_step": best["step"],
                "best_scores": best.get("scores"), "history": history, "train_groups": meta["data"]["train_groups"],
                "val_groups": meta["data"]["val_groups"], "out": str(out)}

@@ -38,6 +38,7 @@ from ..ddpm.unet import build_scheduler, build_unet, bundle_weights, save_bundle
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text, check_writable, checkpoint_bytes, load_tensors
 from .accelerator import make_accelerator, step_loader
+from .trackers import Tracking, check_log_with, logging_dir
 from .checkpoints import fault_point, read_state, resolve_resume, save_checkpoint, write_state
 from .schedules import cosine_with_warmup
 
@@ -154,7 +155,8 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
     the bundle that feature extraction loads).
     """
     out = check_writable(out_dir)
-    accelerator = make_accelerator(cfg.mixed_precision)
+    accelerator = make_accelerator(cfg.mixed_precision, check_log_with(cfg.log_with), logging_dir(out))
+    tracking = Tracking(accelerator, cfg.log_with, "pretrain", cfg)
     if cfg.batch_size % accelerator.num_processes:
         raise ConfigError(f"batch_size {cfg.batch_size} must divide by the {accelerator.num_processes} processes")
     main = accelerator.is_main_process
@@ -207,6 +209,7 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
         if log_now:
             mean = sum(running) / len(running)
             bar.set_postfix(loss=f"{mean:.4f}")
+            tracking.scalars({"train/loss": mean, "train/lr": lr_at(step - 1, cfg)}, step)
             if main:
                 _append_log(log_path, step, (step - 1) // (len(pool) // cfg.batch_size), mean, lr_at(step - 1, cfg),
                             time.time() - t0)
@@ -216,6 +219,7 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
         if ckpt_now:
             save(step)
     bar.close()
+    tracking.end()
     final = out / "final"
     if step >= cfg.steps and main:
         model = accelerator.unwrap_model(tr.unet)
