@@ -25,9 +25,8 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..config import FeatureConfig, ProfileConfig, embedded_ddpm_dir
-from ..data.datasets import LabelledTiles, find_pairs, first_per_group, label_budget, split_by_group
+from ..data.datasets import LabelledTiles, label_budget
 from ..data.io import compute_band_stats
-from ..data.labels import get_scheme
 from ..data.layouts import train_val_pairs
 from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError
@@ -35,7 +34,6 @@ from ..features.extractor import FeatureExtractor, file_hash
 from ..fileio import atomic_write_csv, atomic_write_json, check_writable, checkpoint_bytes, load_tensors
 from ..inference.evaluate import validate
 from ..inference.metrics import scores
-from ..models.hrnet import convert_timm_state_dict
 from ..models.pretrained import load_timm_backbone
 from ..models.segmenters import SEGMENTERS, build_segmenter, ddpm_dir_of, save_segmenter
 from .accelerator import make_accelerator, step_loader
