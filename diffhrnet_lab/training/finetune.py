@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..config import FeatureConfig, ProfileConfig, embedded_ddpm_dir
-from ..data.datasets import LabelledTiles, find_pairs, first_per_group, label_budget, split_by_group
+from ..data.datasets import LabelledTiles, find_pairs, first_per_group, label_budget, only_groups, split_by_group
 from ..data.io import compute_band_stats
 from ..data.labels import get_scheme
 from ..ddpm.unet import bundle_weights, load_bundle
@@ -84,6 +84,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     scheme = get_scheme(dc.scheme)
     pairs = first_per_group(find_pairs(dc.resolved_root()), dc.max_per_group)
     train_pairs, val_pairs = split_by_group(pairs, dc.val_groups, dc.val_fraction, seed=dc.seed)
+    if dc.train_groups is not None:
+        train_pairs = only_groups(train_pairs, dc.train_groups, "training")
     train_pairs = label_budget(train_pairs, dc.label_budget, seed=dc.seed)
     bundle = load_bundle(ddpm_dir_of(fc)) if mc.method != "hrnet" else None
     stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])
