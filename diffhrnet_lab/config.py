@@ -230,8 +230,9 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
               "ddpm": {"steps": 4, "batch_size": 4, "sample_size": 32, "warmup_steps": 1, "log_every": 1,
                        "sample_every": 4, "checkpoint_every": 2},
               "label_efficiency": {"budgets": (1,), "seeds": (0,), "train_steps": 2, "bootstrap_resamples": 200},
-              "demo": {"max_per_group": 1}},
+              "demo": {"max_per_group": 1, "eval_every": 6}},
     "quick": {"data": {"crop_size": 96, "batch_size": 4}, "train": {"steps": 300},  # the rest: dataclass defaults
+              "demo": {"eval_every": 150},  # 2 selections per method: whole-scene evaluations dominate on a CPU
               "label_efficiency": {"ddpm_steps": 600, "train_steps": 150}},
     "full": {"data": {"crop_size": 512, "batch_size": 16},
              "model": {"variant": "w48"},

@@ -231,7 +231,7 @@ def summarise(rows: Sequence[dict[str, Any]], resamples: int = 10_000, seed: int
                      "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
             iou_rows = [r["iou"] for r in mine.values() if r.get("iou")]
             if iou_rows:
-                entry["iou"] = {c: float(np.mean([100 * i[c] for i in iou_rows])) for c in iou_rows[0]}
+                entry["iou"] = {c: _nanmean([100 * i[c] for i in iou_rows]) for c in iou_rows[0]}
             for base in BASELINES:
                 theirs = {(r.get("held_out", ""), r["seed"]): r for r in rows
                           if r["method"] == base and r["budget"] == budget}
@@ -240,6 +240,13 @@ def summarise(rows: Sequence[dict[str, Any]], resamples: int = 10_000, seed: int
                     [100 * (mine[k]["miou"] - theirs[k]["miou"]) for k in keys], resamples, seed, confidence)
             table.append(entry)
     return table
+
+
+def _nanmean(values: Sequence[float]) -> float | None:
+    """Mean over the runs where the class was scored: a class absent from a held-out scene and never
+    predicted there has no IoU (NaN), which is not a score of 0."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else None
 
 
 def _interval(e: dict[str, float] | None, signed: bool = False) -> str:
@@ -260,7 +267,8 @@ def markdown(table: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
     if classes:
         text += "\n\nPer-class IoU % (mean over runs):\n\n" + markdown_table(
             ["method", "labelled scenes", *classes],
-            [[m["method"], m["budget"], *(f"{m['iou'][c]:.1f}" for c in classes)] for m in table if m.get("iou")])
+            [[m["method"], m["budget"], *("–" if m["iou"][c] is None else f"{m['iou'][c]:.1f}" for c in classes)]
+             for m in table if m.get("iou")])
     return text
 
 
