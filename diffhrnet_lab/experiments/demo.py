@@ -164,6 +164,14 @@ def _score_on_test(out: Path, configs: dict[str, ProfileConfig], test_pairs) -> 
     return preds, scores_by
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it: reports should not name one machine's folders."""
+    try:
+        return str(Path(path).resolve().relative_to(PACKAGE_ROOT.parent))
+    except ValueError:
+        return str(path)
+
+
 def _report(cfg: ProfileConfig, configs, summaries, scores_by, pairs, test_pairs, bundle: Path, rotation,
             wall_s: float) -> str:
     d, c0 = cfg.demo, next(iter(configs.values()))
@@ -181,7 +189,7 @@ def _report(cfg: ProfileConfig, configs, summaries, scores_by, pairs, test_pairs
         f"- **scored** once on **{d.test_scene}** ({n_of[d.test_scene]} image(s)), which no method trained or "
         "selected on; whole tiles, sliding window.", "",
         f"Every method: same scenes, seed {c0.train.seed}, {c0.data.crop_size}² crops, batch {c0.data.batch_size}, "
-        f"lr {c0.train.lr}. DDPM: `{bundle}` ({meta.get('preset', '?')} U-Net, {meta.get('step', '?')} steps on the "
+        f"lr {c0.train.lr}. DDPM: `{_shown(bundle)}` ({meta.get('preset', '?')} U-Net, {meta.get('step', '?')} steps on the "
         f"images of all scenes, labels unused), features at t = {list(c0.features.timesteps)}, decoder blocks "
         f"{list(c0.features.blocks)}, computed once per tile (feature cache).", "",
         "## Test scene", "",
