@@ -1,4 +1,5 @@
-# Two commands do all set-up: `make demo` (the main job) and `make test` (the whole suite).
+# Two commands do all set-up: `make demo` (the main job: HRNet, DDPM pixel classifier and Diff-HRNet trained on one
+# labelled Dubai scene, scored on another) and `make test` (the whole suite).
 # Both (re)build .venv from pyproject.toml when it is missing or older than pyproject.toml.
 PYTHON ?= python3
 VENV   := .venv

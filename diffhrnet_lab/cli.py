@@ -13,6 +13,14 @@ from pathlib import Path
 from .errors import ConfigError, DataError
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line as typed (recorded in exported bundles and experiment results)."""
+    import shlex
+
+    argv = getattr(args, "argv", None)
+    return "diffhrnet-lab " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+
 def _cmd_samples(args: argparse.Namespace) -> int:
     from .data.samples import generate_samples, verify_samples
 
@@ -59,7 +67,8 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import run_demo
 
-    run_demo(args.out, args.data, profile=args.profile)
+    cfg = apply_overrides(_profile_cfg(args), args.set)
+    run_demo(args.out, args.data, cfg=cfg, ddpm=args.ddpm)
     return 0
 
 
@@ -84,7 +93,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if final.exists():
         print(f"[pretrain] final bundle (EMA weights): {final}")
         if args.export:
-            print(f"[pretrain] exported to {export_bundle(args.out, args.export, half=args.export_half)}")
+            print(f"[pretrain] exported to {export_bundle(args.out, args.export, half=args.export_half, command=_command(args))}")
     else:
         print(f"[pretrain] stopped; continue with --resume latest --out {args.out}")
     return 0
@@ -117,8 +126,8 @@ def apply_overrides(cfg, pairs: list[str]):
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         if not hasattr(cfg, section) or not dataclasses.is_dataclass(getattr(cfg, section)):
-            raise ConfigError(f"--set {item!r}: no section '{section}'; sections: data, ddpm, features, model, train, "
-                              "label_efficiency")
+            sections = [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+            raise ConfigError(f"--set {item!r}: no section '{section}'; sections: {', '.join(sections)}")
         sec = getattr(cfg, section)
         fields = {f.name: f for f in dataclasses.fields(sec)}
         if name not in fields:
@@ -196,11 +205,12 @@ def _cmd_label_efficiency(args: argparse.Namespace) -> int:
 
     data = args.data or dubai_dir()
     if data is None:
-        raise ConfigError("no data: pass --data DIR (images/ + labels/ per scene) or set DHL_DUBAI_DIR")
+        raise ConfigError("no data: pass --data DIR (images/ + labels/ per scene), set DHL_DUBAI_DIR, or restore the "
+                          "embedded data_samples/dubai_aerial")
     cfg = _profile_cfg(args)
     cfg.data = replace(cfg.data, scheme=args.scheme)
     cfg = apply_overrides(cfg, args.set)
-    label_efficiency(data, args.out, cfg, ddpm=args.ddpm)
+    label_efficiency(data, args.out, cfg, ddpm=args.ddpm, command=_command(args))
     print(f"[label-efficiency] table: {Path(args.out) / 'table.md'}; plot: {Path(args.out) / 'label_efficiency.png'}")
     return 0
 
@@ -324,14 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_features)
 
     s = sub.add_parser("label-efficiency", help="few-label comparison on real scenes (DDPM on all images, "
-                       "1/2/3 labelled scenes, one held out, several seeds)")
-    s.add_argument("--data", type=Path, default=None, help="labelled dataset with scene sub-folders (default: $DHL_DUBAI_DIR)")
+                       "1/2 labelled scenes, one scene or each in turn held out, several seeds, paired bootstrap)")
+    s.add_argument("--data", type=Path, default=None,
+                   help="labelled dataset with scene sub-folders (default: $DHL_DUBAI_DIR, else the embedded Dubai scenes)")
     s.add_argument("--scheme", default="dubai")
     s.add_argument("--profile", default=None, help="smoke, quick (~40 min on a 2-core CPU) or full (GPU)")
     s.add_argument("--out", type=Path, default=Path("runs/label_efficiency"))
     s.add_argument("--ddpm", type=Path, default=None, help="use this DDPM bundle instead of pretraining one")
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                   help="any config field, e.g. label_efficiency.seeds=0,1 or label_efficiency.held_out=Tile_2")
+                   help="any config field, e.g. label_efficiency.held_out=all (every scene in turn), "
+                        "label_efficiency.seeds=0,1 or label_efficiency.held_out=Tile_2")
     s.set_defaults(func=_cmd_label_efficiency)
 
     s = sub.add_parser("bench", help="benchmarks that print figures and ratios")
@@ -341,16 +353,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON line")
     s.set_defaults(func=_cmd_bench)
 
-    s = sub.add_parser("demo", help="the main job on the embedded samples")
+    s = sub.add_parser("demo", help="the main job: HRNet, DDPM pixel classifier and Diff-HRNet trained on one "
+                       "labelled Dubai scene, scored on another")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))
-    s.add_argument("--data", type=Path, default=None)
+    s.add_argument("--data", type=Path, default=None,
+                   help="Dubai-layout folder (images/Tile_N, labels/Tile_N) or a samples folder holding dubai_aerial/ "
+                        "(default: the embedded data_samples/dubai_aerial)")
+    s.add_argument("--ddpm", type=Path, default=None, help="DDPM bundle (default: the embedded data_samples/ddpm_dubai)")
     s.add_argument("--profile", default=None, help="smoke, quick (default) or full")
+    s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="any config field, e.g. demo.test_scene=Tile_4 or demo.train_steps=200")
     s.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return int(args.func(args) or 0)
     except (DataError, ConfigError) as exc:

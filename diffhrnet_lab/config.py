@@ -58,10 +58,28 @@ def embedded_ddpm_dir() -> Path:
     return samples_dir() / "ddpm_tiny"
 
 
+def embedded_dubai_dir() -> Path:
+    """The real Dubai aerial scenes embedded with the samples (``data_samples/dubai_aerial``): tiles
+    1-4 of the Humans in the Loop / MBRSC dataset (CC0), byte-identical to the shared copy."""
+    return samples_dir() / "dubai_aerial"
+
+
+def embedded_dubai_ddpm_dir() -> Path:
+    """The DDPM bundle pretrained on the embedded Dubai images (``data_samples/ddpm_dubai``): what the
+    demo fuses, so that ``make demo`` needs no pretraining."""
+    return samples_dir() / "ddpm_dubai"
+
+
 def dubai_dir() -> Path | None:
-    """The real Dubai aerial tiles from ``$DHL_DUBAI_DIR`` when that folder exists, else ``None``."""
+    """The real Dubai aerial tiles: ``$DHL_DUBAI_DIR`` when set, else the embedded copy (``None`` when
+    neither exists).  A set variable naming no folder is an error rather than a silent fallback, so
+    a mistyped path never runs an experiment on other data than intended."""
     env = os.environ.get("DHL_DUBAI_DIR")
-    return Path(env) if env and Path(env).is_dir() else None
+    if env:
+        if not Path(env).is_dir():
+            raise ConfigError(f"DHL_DUBAI_DIR={env}: no such folder (unset it to use {embedded_dubai_dir()})")
+        return Path(env)
+    return embedded_dubai_dir() if (embedded_dubai_dir() / "images").is_dir() else None
 
 
 def default_profile() -> str:
@@ -87,6 +105,7 @@ class DataConfig:
     crop_size: int = 128
     batch_size: int = 4
     val_groups: tuple[str, ...] | None = None
+    train_groups: tuple[str, ...] | None = None  # only these scenes train (the demo's one named scene)
     val_fraction: float = 0.2
     label_budget: int | float | None = None
     max_per_group: int = 0  # >0: only the first N tiles of each scene (smoke runs on real data)
@@ -183,16 +202,43 @@ class LabelEfficiencyConfig:
     """The few-label experiment (issue: does the DDPM help when labels are scarce?).
 
     On a dataset of scenes (Dubai: ``Tile_1`` ... ``Tile_4``): pretrain the DDPM on *all* images as
-    unlabelled data, hold one scene out for validation, fine-tune on 1, 2, 3 labelled scenes with
-    each method and seed.  Steps of 0 mean the profile's ``ddpm.steps`` / ``train.steps``.
+    unlabelled data, hold a scene out for scoring, fine-tune on 1, 2 labelled scenes with each method
+    and seed.  ``held_out="all"`` rotates: every scene is held out in turn (one fold each), which
+    turns one scene's noise into an average over scenes.  Steps of 0 mean the profile's
+    ``ddpm.steps`` / ``train.steps``.  Gains over the baselines get a paired bootstrap interval over
+    the (fold, seed) pairs: ``bootstrap_resamples`` draws from a generator seeded ``bootstrap_seed``,
+    so the same runs always give the same interval.
     """
 
-    held_out: str = "Tile_1"
-    budgets: tuple[int, ...] = (1, 2, 3)
+    held_out: str = "Tile_1"  # a scene name, or "all": every scene in turn
+    budgets: tuple[int, ...] = (1, 2)
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = ("hrnet", "ddpm_mlp", "late", "multistage")
+    methods: tuple[str, ...] = ("hrnet", "ddpm_mlp", "diffhrnet")
     ddpm_steps: int = 0
     train_steps: int = 0
+    bootstrap_resamples: int = 10_000
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
+
+
+@dataclass
+class DemoConfig:
+    """``make demo``: few-label comparison on the embedded Dubai scenes.
+
+    Every method trains on the one labelled scene ``train_scene``, picks its best step on
+    ``select_scene`` and is scored once on ``test_scene``, which no method saw: three disjoint
+    scenes, so the reported number is neither trained nor selected on.  ``max_per_group`` > 0 keeps
+    only the first N images of each scene (the smoke profile, to run in seconds).  Steps of 0 mean
+    the profile's ``train.steps`` / ``train.eval_every``.
+    """
+
+    train_scene: str = "Tile_2"
+    select_scene: str = "Tile_3"
+    test_scene: str = "Tile_1"
+    methods: tuple[str, ...] = ("hrnet", "ddpm_mlp", "diffhrnet")
+    train_steps: int = 0
+    eval_every: int = 0
+    max_per_group: int = 0
 
 
 @dataclass
@@ -206,6 +252,7 @@ class ProfileConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     label_efficiency: LabelEfficiencyConfig = field(default_factory=LabelEfficiencyConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
@@ -213,8 +260,10 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
               "train": {"steps": 6, "eval_every": 3, "eval_window": 64, "checkpoint_every": 3, "warmup_steps": 1},
               "ddpm": {"steps": 4, "batch_size": 4, "sample_size": 32, "warmup_steps": 1, "log_every": 1,
                        "sample_every": 4, "checkpoint_every": 2},
-              "label_efficiency": {"budgets": (1,), "seeds": (0,), "train_steps": 2}},
+              "label_efficiency": {"budgets": (1,), "seeds": (0,), "train_steps": 2, "bootstrap_resamples": 200},
+              "demo": {"max_per_group": 1, "eval_every": 6}},
     "quick": {"data": {"crop_size": 96, "batch_size": 4}, "train": {"steps": 300},  # the rest: dataclass defaults
+              "demo": {"eval_every": 150},  # 2 selections per method: whole-scene evaluations dominate on a CPU
               "label_efficiency": {"ddpm_steps": 600, "train_steps": 150}},
     # one T4, 16 GB: estimates (explore/estimates.py, T4 at 25 % of peak) ~25 min for 01's DDPM
     # (small U-Net, 128², batch 32, ~11 GB), ~8 min and ~2 GB per Diff-HRNet run (03 runs two, 04 three)

@@ -105,6 +105,16 @@ def split_by_group(pairs: Sequence[Pair], val_groups: Sequence[str] | None = Non
     return [p for p in pairs if p.group not in val], [p for p in pairs if p.group in val]
 
 
+def only_groups(pairs: Sequence[Pair], groups: Sequence[str], role: str = "selected") -> list[Pair]:
+    """The pairs of the named scenes; a name that is not a scene of ``pairs`` is an error (a typo
+    must not silently train on nothing, or on a validation scene)."""
+    have = groups_of(pairs)
+    unknown = sorted(set(groups) - set(have))
+    if unknown:
+        raise DataError(f"{role} scene(s) {unknown} not found among {have}")
+    return [p for p in pairs if p.group in set(groups)]
+
+
 def label_budget(pairs: Sequence[Pair], budget: int | float | None, seed: int = 0) -> list[Pair]:
     """Keep the pairs of ``budget`` scenes: an int counts scenes, a float in (0, 1] is a fraction.
 

@@ -1,121 +1,222 @@
-"""``make demo``: the main job on the embedded samples.
+"""``make demo``: the few-label comparison on real imagery (the embedded Dubai scenes).
 
-1. check that ``data_samples/`` is exactly what the generator makes, and draw tiles beside masks;
-2. fine-tune HRNet-only and Diff-HRNet (multistage fusion of the embedded tiny DDPM's features)
-   with the same data, seed and schedule;
-3. evaluate both on the held-out scenes by sliding window over whole tiles;
-4. write ``report.md`` with predictions beside ground truth, per-class IoU, both mIoUs side by side
-   and the training curves.
+The question the kit is about: with labels for a single scene, do DDPM features pretrained on
+unlabelled imagery help a segmenter?  The demo answers it once, small enough for a laptop CPU:
 
-Each run resumes from its checkpoints, so an interrupted demo continues where it stopped.
+1. three disjoint scenes of the embedded Dubai aerial data (``DemoConfig``): every method trains
+   on the labels of ``train_scene`` only, picks its best step on ``select_scene``, and is scored once
+   on ``test_scene``, which none of them trained or selected on;
+2. the methods are the ``experiments.methods`` names ``hrnet`` (no DDPM), ``ddpm_mlp`` (DDPM
+   features alone, DDPM-Seg's pixel classifier) and ``diffhrnet`` (the two fused), same data, seed
+   and schedule; the DDPM is the embedded ``ddpm_dubai`` bundle, pretrained on the images of all four
+   scenes without their labels, and its features are computed once per tile (the feature cache);
+3. ``report.md``: test-scene mIoU / mF1 / OA, per-class IoU, predictions beside the labels, the
+   training curves and, when the repository has it, the rotation plot of the label-efficiency
+   experiment (every scene held out in turn, with intervals: one demo run is one draw of noise).
+
+Each run resumes from its checkpoints, so an interrupted demo continues where it stopped; the same
+seed gives identical metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from ..config import embedded_ddpm_dir, profile_config, replace, samples_dir
-from ..data.datasets import find_pairs
+from ..config import PACKAGE_ROOT, ProfileConfig, embedded_dubai_ddpm_dir, embedded_dubai_dir, profile_config, replace
+from ..data.datasets import LabelledTiles, find_pairs, first_per_group, groups_of
 from ..data.io import BandStats, read_mask, read_tile
-from ..data.labels import SAMPLES
-from ..data.samples import generate_samples, verify_samples
+from ..data.labels import DUBAI
 from ..errors import DataError
-from ..inference.metrics import pct
-from ..fileio import atomic_write_text, check_writable, markdown_table
 from ..explore.viz import plot_curves, plot_iou_bars, plot_miou, plot_predictions, plot_tiles_and_masks, save_figure
+from ..fileio import atomic_write_json, atomic_write_text, check_writable, markdown_table
+from ..inference.metrics import pct
+from .methods import check_methods, label, method_model
 
-from .methods import label, method_model
+ROTATION_FIGURE = PACKAGE_ROOT.parent / "benchmarks" / "label_efficiency_rotation.png"  # made by the rotation run
+MAX_PANELS = 3  # test tiles drawn beside their labels (a figure row each)
 
-DEMO_METHODS = ("hrnet", "diffhrnet")
+
+def demo_data(data_dir: str | Path | None) -> Path:
+    """The Dubai-layout folder the demo reads: ``data_dir`` itself, or its ``dubai_aerial/`` when
+    ``data_dir`` is a samples folder; by default the embedded copy."""
+    data = Path(data_dir) if data_dir else embedded_dubai_dir()
+    if not (data / "images").is_dir() and (data / "dubai_aerial" / "images").is_dir():
+        data = data / "dubai_aerial"
+    if not (data / "images").is_dir():
+        raise DataError(f"{data}: no images/ folder; the demo needs the Dubai layout (images/Tile_N/*.jpg, "
+                        f"labels/Tile_N/*.png), embedded at {embedded_dubai_dir()}")
+    return data
+
+
+def demo_configs(cfg: ProfileConfig, data: Path, ddpm: Path, cache_dir: Path) -> dict[str, ProfileConfig]:
+    """One fine-tuning config per demo method: the same data (train on ``train_scene`` only, validate
+    on ``select_scene``), seed and schedule; only the model differs."""
+    d = cfg.demo
+    check_methods(d.methods)
+    scenes = [d.train_scene, d.select_scene, d.test_scene]
+    if len(set(scenes)) != 3:
+        raise DataError(f"demo scenes must be three different scenes; got train {d.train_scene}, "
+                        f"select {d.select_scene}, test {d.test_scene}")
+    have = groups_of(find_pairs(data))
+    missing = [s for s in scenes if s not in have]
+    if missing:
+        raise DataError(f"{data}: demo scene(s) {missing} not found; scenes are {have}")
+    steps = d.train_steps or cfg.train.steps
+    base = dataclasses.replace(
+        cfg,
+        data=replace(cfg.data, root=str(data), scheme=DUBAI.name, val_groups=(d.select_scene,),
+                     train_groups=(d.train_scene,), label_budget=None, max_per_group=d.max_per_group),
+        features=replace(cfg.features, checkpoint=str(ddpm), cache=True, cache_dir=str(cache_dir)),
+        train=replace(cfg.train, steps=steps, eval_every=min(d.eval_every or cfg.train.eval_every, steps),
+                      checkpoint_every=min(cfg.train.checkpoint_every, steps)),
+    )
+    return {m: dataclasses.replace(base, model=method_model(cfg.model, m)) for m in d.methods}
 
 
 def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path | None = None, profile: str | None = None,
-             progress: bool = True) -> Path:
+             progress: bool = True, cfg: ProfileConfig | None = None, ddpm: str | Path | None = None) -> Path:
+    """Run the demo into ``out_dir``; return the path of ``report.md``."""
     t_start = time.time()
     out = check_writable(out_dir)
-    data = Path(data_dir) if data_dir else samples_dir()
-    if not (data / "manifest.json").exists():
-        print(f"[demo] {data} has no samples yet: generating them")
-        generate_samples(data)
-    problems = verify_samples(data)
-    if problems:
-        raise DataError("embedded samples differ from the generator's output:\n  " + "\n  ".join(problems[:10])
-                        + "\nRegenerate them with: diffhrnet-lab samples --out " + str(data))
-    print(f"[demo] {data}: samples verified against the generator")
-    pairs = find_pairs(data / "labelled")
-    images = [read_tile(p.image).image for p in pairs]
-    masks = [read_mask(p.mask, SAMPLES) for p in pairs]
-    save_figure(plot_tiles_and_masks(images, masks, SAMPLES, titles=[p.id for p in pairs], cols=5), out / "samples.png")
-    if not (embedded_ddpm_dir() / "ddpm.json").exists():
-        raise DataError(f"{embedded_ddpm_dir()}: the embedded DDPM is missing; make it with "
-                        "`diffhrnet-lab pretrain --profile quick --out runs/ddpm_tiny --export data_samples/ddpm_tiny --export-half`")
+    cfg = cfg or profile_config(profile)
+    data = demo_data(data_dir)
+    bundle = Path(ddpm) if ddpm else embedded_dubai_ddpm_dir()
+    if not (bundle / "ddpm.json").exists():
+        raise DataError(f"{bundle}: no DDPM bundle (ddpm.json); make it with `diffhrnet-lab pretrain --profile quick "
+                        f"--pool {embedded_dubai_dir() / 'images'} --out runs/ddpm_dubai --export {bundle} --export-half`")
+    configs = demo_configs(cfg, data, bundle, out / "feature_cache")
+    d = cfg.demo
+    pairs = first_per_group(find_pairs(data), d.max_per_group)
+    shown = [next(p for p in pairs if p.group == s) for s in (d.train_scene, d.select_scene, d.test_scene)]
+    roles = {d.train_scene: "train", d.select_scene: "select", d.test_scene: "test"}
+    save_figure(plot_tiles_and_masks([read_tile(p.image).image for p in shown], [read_mask(p.mask, DUBAI) for p in shown],
+                                     DUBAI, titles=[f"{p.id} ({roles[p.group]})" for p in shown], cols=3),
+                out / "samples.png")
 
     from ..training.finetune import finetune
-    from ..inference.evaluate import validate
-    from ..data.datasets import LabelledTiles
 
-    base = profile_config(profile)
-    base.data = replace(base.data, root=str(data / "labelled"))
-    summaries, models = {}, {}
-    for key in DEMO_METHODS:
-        name = label(key)
-        cfg = dataclasses.replace(base, model=method_model(base.model, key))
-        run = out / key
-        print(f"[demo] fine-tuning {name} ({base.name} profile) → {run}")
-        summaries[name] = finetune(cfg, run, resume="latest", progress=progress)
-        models[name] = run / "best"
+    summaries = {}
+    for key, c in configs.items():
+        print(f"[demo] fine-tuning {label(key)} on {d.train_scene} ({cfg.name} profile) → {out / key}")
+        summaries[key] = finetune(c, out / key, resume="latest", progress=progress)
+        if summaries[key]["train_groups"] != [d.train_scene] or summaries[key]["val_groups"] != [d.select_scene]:
+            raise DataError(f"{out / key}: trained on {summaries[key]['train_groups']}, selected on "
+                            f"{summaries[key]['val_groups']}; expected {d.train_scene} / {d.select_scene} "
+                            "(delete the folder: it is from another demo configuration)")
 
-    from ..models.segmenters import load_segmenter
-
-    val_groups = summaries["HRNet"]["val_groups"]
-    val_pairs = [p for p in pairs if p.group in val_groups]
-    preds, scores_by = {}, {}
-    for name, ckpt in models.items():
-        model, meta = load_segmenter(ckpt)
-        ds = LabelledTiles(val_pairs, SAMPLES, stats=BandStats.from_dict(meta["stats"]))
-        from ..inference.metrics import scores as to_scores
-
-        cm, p = validate(model, ds, base.train.eval_window, torch.device("cpu"))
-        preds[name], scores_by[name] = p, to_scores(cm, list(SAMPLES.classes))
-    val_images = [images[pairs.index(p)] for p in val_pairs]
-    val_masks = [masks[pairs.index(p)] for p in val_pairs]
-    save_figure(plot_predictions(val_images, val_masks, preds, SAMPLES, titles=[p.id for p in val_pairs]), out / "predictions.png")
-    save_figure(plot_iou_bars({n: dict(zip(s.classes, s.iou)) for n, s in scores_by.items()}), out / "iou.png")
-    save_figure(plot_miou({n: s.miou for n, s in scores_by.items()}), out / "miou.png")
-    save_figure(plot_curves({n: s["history"] for n, s in summaries.items()}), out / "curves.png")
-    result = {n: s.as_dict() for n, s in scores_by.items()}
-    result["profile"] = base.name
-    result["val_groups"] = val_groups
-    result["wall_s"] = round(time.time() - t_start, 1)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    atomic_write_text(out / "report.md", _report(base.name, pairs, val_groups, scores_by, summaries, result["wall_s"]))
-    print("[demo] " + "  ".join(f"{n}: mIoU {100 * s.miou:.1f} %" for n, s in scores_by.items()))
-    print(f"[demo] report: {out / 'report.md'}")
+    test_pairs = [p for p in pairs if p.group == d.test_scene]
+    preds, scores_by = _score_on_test(out, configs, test_pairs)
+    names = {k: label(k) for k in configs}
+    test_images = [read_tile(p.image).image for p in test_pairs[:MAX_PANELS]]
+    test_masks = [read_mask(p.mask, DUBAI) for p in test_pairs[:MAX_PANELS]]
+    save_figure(plot_predictions(test_images, test_masks, {names[k]: v[:MAX_PANELS] for k, v in preds.items()}, DUBAI,
+                                 titles=[p.id for p in test_pairs[:MAX_PANELS]]), out / "predictions.png")
+    save_figure(plot_iou_bars({names[k]: dict(zip(s.classes, s.iou)) for k, s in scores_by.items()},
+                              title=f"per-class IoU on {d.test_scene}"), out / "iou.png")
+    save_figure(plot_miou({names[k]: s.miou for k, s in scores_by.items()}, title=f"test mIoU ({d.test_scene})"),
+                out / "miou.png")
+    save_figure(plot_curves({names[k]: s["history"] for k, s in summaries.items()}), out / "curves.png")
+    rotation = None
+    if ROTATION_FIGURE.exists():
+        rotation = shutil.copyfile(ROTATION_FIGURE, out / ROTATION_FIGURE.name)
+    result = {names[k]: s.as_dict() for k, s in scores_by.items()}
+    result.update(profile=cfg.name, scenes={"train": d.train_scene, "select": d.select_scene, "test": d.test_scene},
+                  val_groups=[d.select_scene], test_tiles=[p.id for p in test_pairs], ddpm=str(bundle),
+                  best_step={names[k]: s["best_step"] for k, s in summaries.items()},
+                  select_miou={names[k]: s["best_miou"] for k, s in summaries.items()},
+                  wall_s=round(time.time() - t_start, 1))
+    atomic_write_json(out / "results.json", result)
+    atomic_write_text(out / "report.md", _report(cfg, configs, summaries, scores_by, pairs, test_pairs, bundle,
+                                                 rotation, result["wall_s"]))
+    print("[demo] " + "  ".join(f"{names[k]}: test mIoU {100 * s.miou:.1f} %" for k, s in scores_by.items()))
+    print(f"[demo] report: {out / 'report.md'} ({result['wall_s']:.0f} s)")
     return out / "report.md"
 
 
-def _report(profile, pairs, val_groups, scores_by, summaries, wall_s) -> str:
-    names = list(scores_by)
+def _score_on_test(out: Path, configs: dict[str, ProfileConfig], test_pairs) -> tuple[dict, dict]:
+    """Each method's selected (best) checkpoint on the whole test-scene tiles, once.  DDPM methods get
+    their features the way training and selection did (whole-tile cache, same window and dtype),
+    so the test score measures the model rather than a change of feature path."""
+    from ..features.tile_cache import tile_features
+    from ..inference.evaluate import validate
+    from ..inference.metrics import scores as to_scores
+    from ..models.segmenters import load_segmenter
+
+    preds, scores_by = {}, {}
+    for key, c in configs.items():
+        model, meta = load_segmenter(out / key / "best", c.features.checkpoint)
+        ds = LabelledTiles(test_pairs, DUBAI, stats=BandStats.from_dict(meta["stats"]))
+        fx = getattr(model, "extractor", None)
+        if fx is not None:
+            fx.cache_dir = Path(c.features.cache_dir)
+            strides = [fx.info[b]["stride"] for _, b in fx.keys]
+            items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
+            ds.attach_features(tile_features(fx, items, window=c.features.cache_window, progress=False,
+                                             dtype=c.features.cache_dtype), strides)
+        cm, p = validate(model, ds, c.train.eval_window, torch.device("cpu"))
+        preds[key], scores_by[key] = p, to_scores(cm, list(DUBAI.classes))
+    return preds, scores_by
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it: reports should not name one machine's folders."""
+    try:
+        return str(Path(path).resolve().relative_to(PACKAGE_ROOT.parent))
+    except ValueError:
+        return str(path)
+
+
+def _report(cfg: ProfileConfig, configs, summaries, scores_by, pairs, test_pairs, bundle: Path, rotation,
+            wall_s: float) -> str:
+    d, c0 = cfg.demo, next(iter(configs.values()))
+    keys = list(scores_by)
+    names = [label(k) for k in keys]
+    n_of = {s: sum(p.group == s for p in pairs) for s in (d.train_scene, d.select_scene, d.test_scene)}
+    meta = json.loads((bundle / "ddpm.json").read_text())
     lines = [
-        "# diffhrnet_lab demo report", "",
-        f"Profile **{profile}**; {len(pairs)} labelled sample scenes, validation on whole held-out scenes "
-        f"{', '.join(val_groups)} (sliding window); same data, seed and schedule for every method. "
-        f"Wall time {wall_s:.0f} s.", "",
-        markdown_table(["method", "mIoU %", "mF1 %", "OA %", "best step"],
-                       [[n, f"{100 * scores_by[n].miou:.1f}", f"{100 * scores_by[n].mf1:.1f}", f"{100 * scores_by[n].oa:.1f}",
-                         summaries[n]["best_step"]] for n in names]),
+        "# diffhrnet_lab demo: few labels on real imagery", "",
+        f"Profile **{cfg.name}**, wall time **{wall_s:.0f} s** (this run, including feature extraction and scoring).", "",
+        "Data: the embedded Dubai aerial scenes (Humans in the Loop, MBRSC; CC0), 5 classes, Unlabeled ignored.", "",
+        f"- **trained on** the labels of one scene: **{d.train_scene}** ({n_of[d.train_scene]} image(s));",
+        f"- **best step selected** on **{d.select_scene}** ({n_of[d.select_scene]} image(s)), "
+        f"evaluated every {c0.train.eval_every} of {c0.train.steps} steps;",
+        f"- **scored** once on **{d.test_scene}** ({n_of[d.test_scene]} image(s)), which no method trained or "
+        "selected on; whole tiles, sliding window.", "",
+        f"Every method: same scenes, seed {c0.train.seed}, {c0.data.crop_size}² crops, batch {c0.data.batch_size}, "
+        f"lr {c0.train.lr}. DDPM: `{_shown(bundle)}` ({meta.get('preset', '?')} U-Net, {meta.get('step', '?')} steps on the "
+        f"images of all scenes, labels unused), features at t = {list(c0.features.timesteps)}, decoder blocks "
+        f"{list(c0.features.blocks)}, computed once per tile (feature cache).", "",
+        "## Test scene", "",
+        markdown_table(["method", "mIoU %", "mF1 %", "OA %", "best step", f"mIoU % on {d.select_scene} (selection)"],
+                       [[n, f"{100 * scores_by[k].miou:.1f}", f"{100 * scores_by[k].mf1:.1f}",
+                         f"{100 * scores_by[k].oa:.1f}", summaries[k]["best_step"],
+                         f"{100 * summaries[k]['best_miou']:.1f}"] for k, n in zip(keys, names)]),
+        "", "One scene, one seed: a single draw.  Differences of a few points between methods are within the "
+        "seed-to-seed and scene-to-scene spread; the label-efficiency rotation below (every scene held out in "
+        "turn, several seeds, paired bootstrap intervals) is the measurement to trust.", "",
+        "![test mIoU](miou.png)", "", f"## Per-class IoU on {d.test_scene}", "",
+        markdown_table(["class", *names], [[cl, *(pct(scores_by[k].iou[i]) for k in keys)]
+                                           for i, cl in enumerate(scores_by[keys[0]].classes)]),
+        "", "![per-class IoU](iou.png)", "", f"## Predictions beside the labels ({d.test_scene})", "",
+        f"First {min(MAX_PANELS, len(test_pairs))} of the {len(test_pairs)} test images.", "",
+        "![predictions](predictions.png)", "",
+        f"## Training (loss; validation mIoU on {d.select_scene})", "", "![curves](curves.png)", "",
+        "## The scenes", "", "![first image of each scene with its labels](samples.png)", "",
+        "## Label efficiency over every scene", "",
     ]
-    lines += ["", "![mIoU side by side](miou.png)", "", "## Per-class IoU", "",
-              markdown_table(["class", *names], [[c, *(pct(scores_by[n].iou[i]) for n in names)]
-                                                 for i, c in enumerate(scores_by[names[0]].classes)])]
-    lines += ["", "![per-class IoU](iou.png)", "", "## Predictions beside ground truth", "",
-              "![predictions](predictions.png)", "", "## Training", "", "![curves](curves.png)", "",
-              "## The embedded samples", "", "![tiles and masks](samples.png)", ""]
-    if profile == "smoke":
-        lines.insert(4, "> Smoke profile: a few steps only; the numbers show the pipeline runs, not what the method does.\n")
+    if rotation is not None:
+        lines += ["From `BENCHMARKS.md` (the rotation: each scene held out in turn, several seeds; bars are paired "
+                  "bootstrap 95 % intervals):", "", f"![label-efficiency rotation]({Path(rotation).name})", ""]
+    else:
+        lines += ["Not in this checkout yet: run `diffhrnet-lab label-efficiency --profile quick --set "
+                  "label_efficiency.held_out=all` and keep its plot as `benchmarks/label_efficiency_rotation.png`.", ""]
+    if cfg.name == "smoke":
+        lines.insert(2, "> Smoke profile: a few steps on one image per scene; the numbers show the pipeline runs, "
+                        "not what the methods do.\n")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..config import FeatureConfig, ProfileConfig, embedded_ddpm_dir
-from ..data.datasets import LabelledTiles, label_budget
+from ..data.datasets import LabelledTiles, label_budget, only_groups
 from ..data.io import compute_band_stats
 from ..data.layouts import train_val_pairs
 from ..ddpm.unet import bundle_weights, load_bundle
@@ -84,6 +84,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     tracking = Tracking(accelerator, tc.log_with, "finetune", cfg)
     main = accelerator.is_main_process
     scheme, train_pairs, val_pairs = train_val_pairs(dc)  # a named dataset: its official split
+    if dc.train_groups is not None:
+        train_pairs = only_groups(train_pairs, dc.train_groups, "training")
     train_pairs = label_budget(train_pairs, dc.label_budget, seed=dc.seed)
     bundle = load_bundle(ddpm_dir_of(fc)) if mc.method != "hrnet" else None
     stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])

@@ -304,8 +304,10 @@ def _sample_grid(tr: DDPMTrainer, path: Path) -> None:
     save_sample_grid(images, path)
 
 
-def export_bundle(run_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = False) -> Path:
-    """Copy a finished run's final bundle, loss log and last sample grid into ``dest``."""
+def export_bundle(run_dir: str | os.PathLike, dest: str | os.PathLike, half: bool = False,
+                  command: str | None = None) -> Path:
+    """Copy a finished run's final bundle, loss log and last sample grid into ``dest``; its README
+    records ``command`` (the command line that made the run), so the bundle can be remade."""
     from ..ddpm.unet import load_bundle
 
     run = Path(run_dir)
@@ -325,7 +327,7 @@ Final training loss (mean of the last logged interval): {float(log[-1]['loss']):
 
 Made with:
 
-    diffhrnet-lab pretrain --profile quick --out runs/ddpm_tiny --export data_samples/ddpm_tiny --export-half
+    {command or f"diffhrnet-lab pretrain --steps {cfg['steps']} --out {run} --export {dest}" + (" --export-half" if half else "")}
 
 Files: `unet/` and `scheduler/` (diffusers `save_pretrained`, safetensors), `ddpm.json` (band statistics and
 settings), `loss_log.csv`, `samples.png` (generated with 50 ancestral steps).

@@ -18,36 +18,37 @@ def test_label_efficiency_command_on_dubai_runs_every_method_and_skips_finished_
     result = json.loads((out / "label_efficiency.json").read_text())
     assert result["held_out"] == "Tile_1"
     assert {(r["method"], r["budget"], r["seed"]) for r in result["rows"]} == {
-        (m, 1, 0) for m in ("hrnet", "ddpm_mlp", "late", "multistage")}
+        (m, 1, 0) for m in ("hrnet", "ddpm_mlp", "diffhrnet")}
     assert all("Tile_1" not in r["train_groups"] for r in result["rows"])
     for r in result["rows"]:  # each row's mIoU is its run's score on the held-out scene
-        summary = json.loads((out / "runs" / f"{r['method']}_b1_s0" / "summary.json").read_text())
+        summary = json.loads((out / "runs" / "Tile_1" / f"{r['method']}_b1_s0" / "summary.json").read_text())
         assert r["miou"] == summary["best_miou"] and summary["val_groups"] == ["Tile_1"]
     assert (out / "ddpm" / "final" / "ddpm.json").exists()  # pretrained on the pool of all scenes
     assert len(list((out / "feature_cache").rglob("*.safetensors"))) == 2  # 1 image x (held-out + 1 scene)
-    assert (out / "label_efficiency.png").stat().st_size > 5000 and "| multistage |" in (out / "table.md").read_text()
-    stamp = (out / "runs" / "late_b1_s0" / "summary.json").stat().st_mtime_ns
+    assert (out / "label_efficiency.png").stat().st_size > 5000 and "| diffhrnet |" in (out / "table.md").read_text()
+    stamp = (out / "runs" / "Tile_1" / "diffhrnet_b1_s0" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0
     again = capsys.readouterr().out
-    assert "[finetune]" not in again and "seed 0" not in again and "| late |" in again
-    assert (out / "runs" / "late_b1_s0" / "summary.json").stat().st_mtime_ns == stamp
+    assert "[finetune]" not in again and "seed 0" not in again and "| diffhrnet |" in again
+    assert (out / "runs" / "Tile_1" / "diffhrnet_b1_s0" / "summary.json").stat().st_mtime_ns == stamp
     assert main([*args, "--set", "label_efficiency.held_out=Tile_9"]) == 2
     assert "held-out scene 'Tile_9' not found" in capsys.readouterr().err
     assert main([*args, "--set", "label_efficiency.budgets=4"]) == 2
     assert "label budget(s) [4] impossible with 3 training scene(s)" in capsys.readouterr().err
 
 
-def test_label_efficiency_summary_is_mean_and_sample_std_with_gap_to_hrnet():
+def test_label_efficiency_summary_is_mean_and_sample_std_with_paired_gap_to_hrnet():
     from diffhrnet_lab.experiments.label_efficiency import markdown, summarise
 
     rows = [{"method": m, "budget": 1, "seed": s, "miou": v}
             for m, vals in (("hrnet", (0.40, 0.44)), ("late", (0.50, 0.56))) for s, v in enumerate(vals)]
     table = summarise(rows)
     late = next(r for r in table if r["method"] == "late")
-    assert abs(late["mean"] - 53.0) < 1e-9 and abs(late["std"] - np.std([50, 56], ddof=1)) < 1e-9
-    assert abs(late["vs_hrnet"] - 11.0) < 1e-9
-    assert "| late | 53.0 ± 4.2 (+11.0) |" in markdown(table, (1,))
+    assert abs(late["miou"]["mean"] - 53.0) < 1e-9 and abs(late["std"] - np.std([50, 56], ddof=1)) < 1e-9
+    assert abs(late["gain_vs_hrnet"]["mean"] - 11.0) < 1e-9  # pairs (seed 0: +10, seed 1: +12)
+    assert abs(late["gain_vs_hrnet"]["lo"] - 10.0) < 1e-9 and abs(late["gain_vs_hrnet"]["hi"] - 12.0) < 1e-9
+    assert "| late | 1 | 2 | 53.0 [50.0, 56.0] | +11.0 [+10.0, +12.0] |" in markdown(table)
 
 
 def test_label_efficiency_run_config_holds_out_the_scene_and_scores_only_at_the_end(tmp_path):

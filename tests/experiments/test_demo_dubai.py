@@ -1,0 +1,97 @@
+"""The embedded Dubai scenes and DDPM bundle, and ``make demo`` as the few-label comparison on them
+(issue 16)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from diffhrnet_lab.config import (dubai_dir, embedded_dubai_ddpm_dir, embedded_dubai_dir, profile_config,
+                                  replace)
+from diffhrnet_lab.errors import ConfigError, DataError
+from diffhrnet_lab.experiments.demo import demo_configs, run_demo
+
+SCENES = ["Tile_1", "Tile_2", "Tile_3", "Tile_4"]
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_embedded_dubai_copy_is_byte_identical_to_the_shared_one():
+    shared = os.environ.get("DHL_DUBAI_DIR")
+    if not shared:
+        pytest.skip("DHL_DUBAI_DIR unset: nothing to compare the embedded copy with")
+    shared, mine = Path(shared), embedded_dubai_dir()
+    names = _files(shared)
+    assert names == _files(mine) and len(names) == 73  # 36 images + 36 masks + README.md
+    for name in names:
+        assert (mine / name).read_bytes() == (shared / name).read_bytes(), name
+
+
+def test_embedded_dubai_layout_and_attribution():
+    root = embedded_dubai_dir()
+    assert sorted(p.name for p in (root / "images").iterdir()) == SCENES
+    for scene in SCENES:
+        assert len(list((root / "images" / scene).glob("*.jpg"))) == 9
+        assert len(list((root / "labels" / scene).glob("*.png"))) == 9
+    readme = (root.parent / "README.md").read_text()
+    assert "Humans in the Loop, MBRSC" in readme and "CC0" in readme and "dubai_aerial/" in readme
+
+
+def test_dubai_dir_falls_back_to_the_embedded_copy_and_refuses_a_missing_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("DHL_DUBAI_DIR", raising=False)
+    assert dubai_dir() == embedded_dubai_dir()
+    monkeypatch.setenv("DHL_DUBAI_DIR", str(tmp_path))
+    assert dubai_dir() == tmp_path
+    monkeypatch.setenv("DHL_DUBAI_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="missing: no such folder"):
+        dubai_dir()
+
+
+def test_embedded_dubai_ddpm_is_a_three_band_bundle_trained_on_the_dubai_images():
+    from diffhrnet_lab.ddpm.unet import load_bundle
+
+    bundle = load_bundle(embedded_dubai_ddpm_dir())
+    assert bundle.bands == 3
+    readme = (embedded_dubai_ddpm_dir() / "README.md").read_text()
+    assert "--pool data_samples/dubai_aerial/images" in readme and "--export data_samples/ddpm_dubai" in readme
+    assert "dubai_aerial" in str(bundle.meta.get("pool"))
+
+
+def test_demo_scenes_are_disjoint_and_every_method_gets_the_same_data(tmp_path):
+    cfg = profile_config("quick")
+    configs = demo_configs(cfg, embedded_dubai_dir(), embedded_dubai_ddpm_dir(), tmp_path / "fc")
+    assert list(configs) == ["hrnet", "ddpm_mlp", "diffhrnet"]
+    d = configs["hrnet"].data
+    assert all(c.data == d for c in configs.values())
+    assert d.train_groups == (cfg.demo.train_scene,) and d.val_groups == (cfg.demo.select_scene,)
+    assert cfg.demo.test_scene not in {*d.train_groups, *d.val_groups} and d.label_budget is None
+    assert all(c.features.cache and c.features.checkpoint == str(embedded_dubai_ddpm_dir()) for c in configs.values())
+    cfg.demo = replace(cfg.demo, test_scene=cfg.demo.train_scene)
+    with pytest.raises(DataError, match="three different scenes"):
+        demo_configs(cfg, embedded_dubai_dir(), embedded_dubai_ddpm_dir(), tmp_path / "fc")
+    cfg.demo = replace(cfg.demo, test_scene="Tile_9")
+    with pytest.raises(DataError, match=r"demo scene\(s\) \['Tile_9'\] not found"):
+        demo_configs(cfg, embedded_dubai_dir(), embedded_dubai_ddpm_dir(), tmp_path / "fc")
+
+
+def test_smoke_demo_trains_on_one_scene_selects_on_another_and_scores_a_third(tmp_path):
+    out = tmp_path / "demo"
+    report = run_demo(out, profile="smoke", progress=False)
+    cfg = profile_config("smoke").demo
+    result = json.loads((out / "results.json").read_text())
+    assert result["scenes"] == {"train": cfg.train_scene, "select": cfg.select_scene, "test": cfg.test_scene}
+    assert result["test_tiles"] == [f"{cfg.test_scene}/image_part_001"]  # smoke: one image per scene
+    for key, name in (("hrnet", "HRNet"), ("ddpm_mlp", "DDPM pixel classifier"), ("diffhrnet", "Diff-HRNet")):
+        summary = json.loads((out / key / "summary.json").read_text())
+        assert summary["train_groups"] == [cfg.train_scene] and summary["val_groups"] == [cfg.select_scene]
+        assert set(result[name]["iou"]) == {"building", "land", "road", "vegetation", "water"}
+        assert 0 <= result[name]["miou"] <= 1 and result["select_miou"][name] == summary["best_miou"]
+    text = report.read_text()
+    for scene in (cfg.train_scene, cfg.select_scene, cfg.test_scene):
+        assert f"**{scene}**" in text
+    assert "| Diff-HRNet |" in text and "| DDPM pixel classifier |" in text and "Humans in the Loop, MBRSC" in text
+    for fig in ("predictions.png", "curves.png", "iou.png", "miou.png", "samples.png"):
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG" and f"]({fig})" in text
