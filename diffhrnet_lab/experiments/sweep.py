@@ -37,7 +37,7 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
 # means "the profile's": defaults live in config.py only, so a full-profile sweep runs the full
 # profile's blocks and timesteps unless a configuration names others.
 EXPERIMENT_PARAMS = ("method", "stages", "fusion", "timesteps", "blocks", "label_budget", "finetune_ddpm", "seed",
-                     "data_root", "ddpm_dir")  # the last two: a chained course (04 passes 01's DDPM and its dataset)
+                     "data_root", "dataset", "ddpm_dir")  # the last three: a chained course (04 passes 01's DDPM, the data)
 
 
 def experiment_config(profile: str, **params: Any):
@@ -60,6 +60,11 @@ def experiment_config(profile: str, **params: Any):
     if "data_root" in given:
         cfg.data = replace(cfg.data, root=str(given["data_root"]),
                            scheme=dataset_scheme(given["data_root"], cfg.data.scheme))
+    if "dataset" in given:
+        from ..data.layouts import resolve_dataset
+
+        cfg.data = replace(cfg.data, dataset=str(given["dataset"]),
+                           scheme=resolve_dataset(cfg.data.resolved_root(), str(given["dataset"])).scheme.name)
     if "ddpm_dir" in given:
         cfg.features = replace(cfg.features, checkpoint=str(given["ddpm_dir"]))
     return cfg

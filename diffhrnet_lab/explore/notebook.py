@@ -89,6 +89,13 @@ class StagePaths:
     ddpm: Path  # DDPM bundle folder (ddpm.json, unet/, scheduler/)
     ddpm_from: str  # why that bundle: "ddpm_dir", "run_dir" or "embedded"
     run: Path | None  # the course's shared output folder; None: each notebook's own default
+    dataset: str = ""  # a named dataset layout (data.layouts), read as it is released; "": images/ + masks/
+
+    def pairs(self):
+        """The labelled image/mask pairs of ``data``, read through the dataset's layout when named."""
+        from ..data.layouts import resolve_dataset
+
+        return resolve_dataset(self.data, self.dataset, self.scheme).labelled
 
     def out(self, stage: str, default: str) -> Path:
         """Where a notebook writes: ``run_dir/<stage>`` when chained, else its own ``default``."""
@@ -96,7 +103,8 @@ class StagePaths:
 
     def apply(self, cfg: ProfileConfig) -> ProfileConfig:
         """``cfg`` reading this dataset and this DDPM (the ``data`` and ``features`` sections)."""
-        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(self.data), scheme=self.scheme),
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(self.data), scheme=self.scheme,
+                                                                 dataset=self.dataset),
                                    features=dataclasses.replace(cfg.features, checkpoint=str(self.ddpm)))
 
     def describe(self) -> str:
@@ -114,15 +122,24 @@ def find_bundle(path: str | Path) -> Path | None:
     return None
 
 
-def stage_paths(cfg: ProfileConfig, data_root: str = "", ddpm_dir: str = "", run_dir: str = "") -> StagePaths:
-    """Resolve a notebook's three path parameters (empty: the embedded samples and DDPM).
+def stage_paths(cfg: ProfileConfig, data_root: str = "", ddpm_dir: str = "", run_dir: str = "",
+                dataset: str = "") -> StagePaths:
+    """Resolve a notebook's path parameters (empty: the embedded samples and DDPM); ``dataset`` names
+    the layout of ``data_root`` (``isprs_potsdam``, ``loveda``, ... as downloaded; see ``data.layouts``).
 
     The DDPM is ``ddpm_dir`` when given (a bundle, a pretrain output folder or a course run_dir),
     else the one notebook 01 trained into ``run_dir`` when there is one, else the embedded bundle:
     so ``papermill 01 -p run_dir R`` then ``papermill 02 -p run_dir R`` (or ``-p ddpm_dir R``) chain.
     Errors name the folder and what was looked for, before any long cell runs.
     """
-    if data_root:
+    if dataset:
+        from ..data.layouts import resolve_dataset
+
+        if not data_root:
+            raise ConfigError(f"dataset {dataset!r} needs data_root: the folder you downloaded it to")
+        data = Path(data_root).expanduser()
+        scheme = resolve_dataset(data, dataset).scheme.name  # errors name the folder and the expected forms
+    elif data_root:
         data = Path(data_root).expanduser()
         if not (data / "images").is_dir() or not any((data / m).is_dir() for m in MASK_DIR_NAMES):
             raise DataError(f"data_root {data}: expected a labelled folder with images/ and one of "
@@ -142,4 +159,4 @@ def stage_paths(cfg: ProfileConfig, data_root: str = "", ddpm_dir: str = "", run
         ddpm, why = find_bundle(run / DDPM_SUBDIR), "run_dir: trained by notebook 01"
     else:
         ddpm, why = embedded_ddpm_dir(), "embedded"
-    return StagePaths(data=data, scheme=scheme, ddpm=ddpm, ddpm_from=why, run=run)
+    return StagePaths(data=data, scheme=scheme, ddpm=ddpm, ddpm_from=why, run=run, dataset=dataset)
