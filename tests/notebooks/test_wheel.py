@@ -137,7 +137,8 @@ def test_every_numbered_notebook_declares_the_three_path_parameters_empty():
         params = next(c for c in _code_cells(path) if "parameters" in c.metadata.get("tags", []))
         for name in ("data_root", "ddpm_dir", "run_dir"):
             assert f'{name} = ""' in params.source, (path.name, name)
-        assert "stage_paths(cfg, data_root, ddpm_dir, run_dir)" in _code_cells(path)[2].source, path.name
+        call = "stage_paths(cfg, data_root, ddpm_dir, run_dir" + (", dataset)" if "dataset = " in params.source else ")")
+        assert call in _code_cells(path)[2].source, (path.name, call)
 
 
 def test_stage_paths_fall_back_to_the_embedded_samples_and_ddpm():
