@@ -12,13 +12,28 @@ from typing import Any
 from ..config import ModelConfig, replace
 from ..errors import ConfigError
 
+# the fused model's additions switched off: the variants below name every one they use, so that a
+# variant means the same model whatever the profile's Diff-HRNet defaults are
+_PLAIN = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False}
+
 # name → (label for tables and plots, ModelConfig changes)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "hrnet": ("HRNet", {"method": "hrnet"}),
     "ddpm_mlp": ("DDPM pixel classifier", {"method": "ddpm_mlp"}),
     "diffhrnet": ("Diff-HRNet", {"method": "diffhrnet"}),  # the profile's default fusion settings
-    "late": ("Diff-HRNet (late)", {"method": "diffhrnet", "stages": "late"}),
-    "multistage": ("Diff-HRNet (multistage)", {"method": "diffhrnet", "stages": "multistage"}),
+    "late": ("Diff-HRNet (late)", {**_PLAIN, "method": "diffhrnet", "stages": "late"}),
+    "multistage": ("Diff-HRNet (multistage)", {**_PLAIN, "method": "diffhrnet", "stages": "multistage"}),
+    # the research variants of BENCHMARKS.md ("What was tried"), each one change or a named combination
+    "ms_norm": ("multistage, standardised streams", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
+                                                            "feature_norm": True}),
+    "head": ("features into the head", {**_PLAIN, "method": "diffhrnet", "stages": "none", "feature_norm": True,
+                                        "head_fusion": 32}),
+    "head_aux": ("head + features-only head, logits added", {"method": "diffhrnet", "stages": "none",
+                                                             "feature_norm": True, "head_fusion": 32,
+                                                             "aux_weight": 0.4, "logit_fusion": True}),
+    "ms_all": ("multistage + head + features-only head", {"method": "diffhrnet", "stages": "multistage",
+                                                          "feature_norm": True, "head_fusion": 32,
+                                                          "aux_weight": 0.4, "logit_fusion": True}),
 }
 
 

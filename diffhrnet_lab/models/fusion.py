@@ -99,6 +99,55 @@ class FusionPoint(nn.Module):
         return x + torch.sigmoid(self.gate(torch.cat([x, mixed], 1))) * mixed
 
 
+class StreamNorm(nn.Module):
+    """Standardise every stream per channel before anything mixes them.
+
+    DDPM activations differ in scale by orders of magnitude between timesteps and blocks; every work
+    that fuses them (SatDiFuser, ODISE, Diffusion Hyperfeatures: GroupNorm bottlenecks) normalises
+    each stream first.  A BatchNorm without affine parameters does it with statistics gathered from
+    the training crops (running mean and variance at inference), so nothing extra is stored.
+    """
+
+    def __init__(self, stream_channels: Sequence[int]):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for c in stream_channels)
+
+    def forward(self, streams: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [n(s) for n, s in zip(self.norms, streams)]
+
+
+class HeadStreams(nn.Module):
+    """The streams as extra inputs of the segmentation head: each projected to ``width`` channels
+    (1x1 conv + BN + ReLU) and resized to the head's resolution (1/4).  The head's own 1x1 mix then
+    sees DDPM features and HRNet's high-resolution branch side by side, where the paper's
+    high-resolution argument says detail and semantics should meet."""
+
+    def __init__(self, stream_channels: Sequence[int], width: int = 32):
+        super().__init__()
+        self.width = width * len(stream_channels)
+        self.proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width),
+                                                nn.ReLU(inplace=True)) for c in stream_channels)
+
+    def forward(self, streams: Sequence[torch.Tensor], size: torch.Size) -> torch.Tensor:
+        out = []
+        for p, s in zip(self.proj, streams):
+            if s.shape[-2] > size[0]:
+                s = F.adaptive_avg_pool2d(s, size)
+            y = p(s)
+            out.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False) if y.shape[-2:] != size else y)
+        return torch.cat(out, 1)
+
+
+def pixel_mlp(cin: int, num_classes: int) -> nn.Sequential:
+    """DDPM-Seg's pixel classifier (Baranchuk et al. 2022, §3.2: Linear 128 → ReLU → BN → Linear 32
+    → ReLU → BN → Linear K) as 1x1 convolutions, i.e. the same MLP applied to every pixel at once."""
+    return nn.Sequential(
+        nn.Conv2d(cin, 128, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(128),
+        nn.Conv2d(128, 32, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(32),
+        nn.Conv2d(32, num_classes, 1),
+    )
+
+
 def __getattr__(name: str):
     """Names that moved out of this module keep working from their old import path."""
     if name in ('DiffHRNet', 'DDPMPixelClassifier'):

@@ -28,7 +28,7 @@ from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError, DataError
 from ..features.extractor import FeatureExtractor, file_hash
 from ..fileio import atomic_dir, atomic_write_json
-from .fusion import FusionPoint, parse_stages
+from .fusion import FusionPoint, HeadStreams, StreamNorm, parse_stages, pixel_mlp
 from .hrnet import HRNetBackbone, HRNetV2Head
 
 SEGMENTERS = ("hrnet", "diffhrnet", "ddpm_mlp")
@@ -44,19 +44,29 @@ class DiffHRNet(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int, variant: str = "w18_small", extractor=None,
                  stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False,
-                 head_dropout: float = 0.1):
+                 head_dropout: float = 0.1, feature_norm: bool = False, head_fusion: int = 0,
+                 aux_weight: float = 0.0, logit_fusion: bool = False):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
-        self.head = HRNetV2Head(self.backbone.out_channels, num_classes, dropout=head_dropout)
         self.extractor = extractor
         self.finetune_ddpm = finetune_ddpm
         self.fusion_op = fusion
         self.points = nn.ModuleDict()
-        if self.stages:
+        self.uses_streams = extractor is not None and bool(self.stages or head_fusion or aux_weight or logit_fusion)
+        if logit_fusion and not aux_weight:
+            raise ConfigError("model.logit_fusion adds the features-only head's logits: it needs model.aux_weight > 0")
+        chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
+        self.norm = StreamNorm(chans) if self.uses_streams and feature_norm else None
+        self.head_streams = HeadStreams(chans, head_fusion) if self.uses_streams and head_fusion else None
+        extra = [self.head_streams.width] if self.head_streams else []
+        self.head = HRNetV2Head(list(self.backbone.out_channels) + extra, num_classes, dropout=head_dropout)
+        self.aux = pixel_mlp(sum(chans), num_classes) if self.uses_streams and aux_weight else None
+        self.aux_weight, self.logit_fusion = aux_weight, logit_fusion
+        self.aux_logits: torch.Tensor | None = None
+        if self.uses_streams:
             self.ddpm = extractor.unet
             self.ddpm.requires_grad_(finetune_ddpm)
-            chans = [extractor.channels()[k] for k in extractor.keys]
             for s in self.stages:
                 for i, width in enumerate(self.backbone.stage_channels[s - 1]):
                     self.points[f"s{s}b{i}"] = FusionPoint(fusion, width, chans)
@@ -80,17 +90,28 @@ class DiffHRNet(nn.Module):
         """``streams``: the extractor's features of ``x`` computed beforehand (one per key, at block
         resolution); without them they are computed here."""
         xp, h, w = pad_to(x, 32)
-        fuse = None
-        if self.stages:
+        fuse, aux = None, None
+        if self.uses_streams:
             streams = self.ddpm_streams(xp) if streams is None else self.cached_streams(streams, xp.shape[-2:])
+            if self.norm is not None:
+                streams = self.norm(streams)
 
             def fuse(stage: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
                 if stage not in self.stages:
                     return branches
                 return [self.points[f"s{stage}b{i}"](b, streams) for i, b in enumerate(branches)]
 
-        logits = self.head(self.backbone(xp, fuse))
-        logits = F.interpolate(logits, size=xp.shape[-2:], mode="bilinear", align_corners=False)
+        branches = self.backbone(xp, fuse if self.stages else None)
+        if self.head_streams is not None:
+            branches = [*branches, self.head_streams(streams, branches[0].shape[-2:])]
+        logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
+        if self.aux is not None:
+            aux = self.aux(torch.cat([F.interpolate(f, size=xp.shape[-2:], mode="bilinear", align_corners=False)
+                                      for f in streams], 1))
+            if self.logit_fusion:
+                logits = logits + aux
+        # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
+        self.aux_logits = aux[..., :h, :w] if aux is not None and self.training else None
         return logits[..., :h, :w]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -116,11 +137,7 @@ class DDPMPixelClassifier(nn.Module):
         self.finetune_ddpm = finetune_ddpm
         self.ddpm.requires_grad_(finetune_ddpm)
         cin = sum(extractor.channels().values())
-        self.mlp = nn.Sequential(
-            nn.Conv2d(cin, 128, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(128),
-            nn.Conv2d(128, 32, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(32),
-            nn.Conv2d(32, num_classes, 1),
-        )
+        self.mlp = pixel_mlp(cin, num_classes)
         self.stages = ()
 
     def forward(self, x: torch.Tensor, streams: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
@@ -153,7 +170,9 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
     if model.method == "ddpm_mlp":
         return DDPMPixelClassifier(num_classes, fx, finetune_ddpm=model.finetune_ddpm)
     return DiffHRNet(num_classes, bands, model.variant, extractor=fx, stages=model.stages, fusion=model.fusion,
-                     finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout)
+                     finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout,
+                     feature_norm=model.feature_norm, head_fusion=model.head_fusion, aux_weight=model.aux_weight,
+                     logit_fusion=model.logit_fusion)
 
 
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:

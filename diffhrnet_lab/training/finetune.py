@@ -65,6 +65,12 @@ def train_step(model: nn.Module, batch: dict, optimizer, accelerator, lr: float,
     with accelerator.autocast():
         logits = model(batch["image"], batch.get("streams"))
     loss = F.cross_entropy(logits.float(), batch["mask"].long(), weight=weights, ignore_index=ignore_index)
+    inner = accelerator.unwrap_model(model)
+    aux = getattr(inner, "aux_logits", None)
+    if aux is not None:  # Diff-HRNet's features-only head, supervised on its own (model.aux_weight)
+        loss = loss + inner.aux_weight * F.cross_entropy(aux.float(), batch["mask"].long(), weight=weights,
+                                                         ignore_index=ignore_index)
+        inner.aux_logits = None
     accelerator.backward(loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -232,6 +238,7 @@ def _write_train_state(d: Path, model: nn.Module, optimizer, step: int, best: di
 def _load_train_state(d: Path, model: nn.Module, optimizer, cfg: ProfileConfig) -> tuple[int, dict, list]:
     same = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, key in (
         ("model", "method"), ("model", "variant"), ("model", "stages"), ("model", "fusion"),
+        ("model", "feature_norm"), ("model", "head_fusion"), ("model", "aux_weight"), ("model", "logit_fusion"),
         ("data", "batch_size"), ("train", "seed"))}
     state = read_state(d, optimizer, same)
     model.load_state_dict(load_tensors(d / "model.safetensors"), strict=False)

@@ -81,3 +81,35 @@ def test_bad_settings_list_valid_ones():
         parse_stages([0, 5])
     with pytest.raises(ConfigError, match="concat, add, gated"):
         FusionPoint("max", 18, [32])
+
+
+def test_stream_norm_standardises_each_channel_with_training_statistics_and_reuses_them_at_inference():
+    from diffhrnet_lab.models.fusion import StreamNorm
+
+    norm = StreamNorm([2, 1])
+    a = torch.tensor([1.0, 3.0, 5.0, 7.0]).reshape(1, 1, 2, 2)
+    s1 = torch.cat([a, 10 * a], 1)  # channel means 4 and 40, (biased) variances 5 and 500
+    s2 = -a
+    out = norm([s1, s2])
+    z = (a - 4) / math.sqrt(5 + 1e-5)
+    torch.testing.assert_close(out[0], torch.cat([z, (10 * a - 40) / math.sqrt(500 + 1e-5)], 1))
+    torch.testing.assert_close(out[1], -z)
+    norm.eval()  # running statistics after one batch, momentum 0.1: mean 0.4, var 0.9 + 0.1 * 20/3 (unbiased)
+    got = norm([torch.zeros(1, 2, 1, 1), torch.zeros(1, 1, 1, 1)])
+    torch.testing.assert_close(got[0].flatten(), torch.tensor([-0.4 / math.sqrt(0.9 + 0.1 * 20 / 3 + 1e-5),
+                                                               -4.0 / math.sqrt(0.9 + 0.1 * 2000 / 3 + 1e-5)]))
+
+
+def test_head_streams_project_and_resize_every_stream_to_the_head_resolution():
+    from diffhrnet_lab.models.fusion import HeadStreams
+
+    h = HeadStreams([1, 1], width=1).eval()
+    with torch.no_grad():
+        for p in h.proj:
+            p[0].weight.fill_(1.0)
+    fine = torch.arange(16.0).reshape(1, 1, 4, 4) - 5  # pooled to 2x2, then ReLU
+    coarse = torch.full((1, 1, 1, 1), -3.0)  # negative: the ReLU zeroes it
+    out = h([fine, coarse], torch.Size([2, 2]))
+    assert out.shape == (1, 2, 2, 2) and h.width == 2
+    torch.testing.assert_close(out[0, 0], EPS * torch.tensor([[0.0, 0.0], [5.5, 7.5]]))
+    assert torch.equal(out[0, 1], torch.zeros(2, 2))

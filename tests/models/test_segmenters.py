@@ -184,3 +184,46 @@ def test_ddpm_pixel_classifier_is_the_same_mlp_applied_to_every_pixel(fx):
             h = bn(m.mlp[2], lin(m.mlp[0], v).relu())
             h = bn(m.mlp[5], lin(m.mlp[3], h).relu())
             torch.testing.assert_close(out[0, :, i, j], lin(m.mlp[6], h), atol=1e-5, rtol=1e-5)
+
+
+def test_logit_fusion_adds_the_features_only_head_which_is_the_pixel_mlp_on_standardised_streams(fx):
+    """With HRNet's classifier zeroed, a Diff-HRNet with logit fusion outputs exactly its features-only
+    head: DDPM-Seg's MLP on the standardised, upsampled streams.  The aux logits are kept for the loss
+    only while training."""
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="none", feature_norm=True, aux_weight=0.4, logit_fusion=True).eval()
+    with torch.no_grad():
+        m.head.classify.weight.zero_()
+        m.head.classify.bias.zero_()
+    x = torch.randn(1, 4, 64, 64)
+    feats = fx.compute(x)
+    streams = m.norm([feats[k] for k in fx.keys])
+    up = torch.cat([torch.nn.functional.interpolate(f, size=(64, 64), mode="bilinear", align_corners=False)
+                    for f in streams], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.aux(up))
+    assert m.aux_logits is None
+    m.train()
+    out = m(x)
+    assert m.aux_logits is not None and m.aux_logits.shape == out.shape
+
+
+def test_logit_fusion_without_a_features_only_head_is_refused(fx):
+    from diffhrnet_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs model.aux_weight > 0"):
+        DiffHRNet(5, 4, "w18_small", fx, stages="none", logit_fusion=True)
+
+
+def test_head_fusion_lets_the_features_reach_the_output_without_any_fusion_stage(fx):
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="none", head_fusion=8).eval()
+    assert m.head.mix[0].in_channels == sum(m.backbone.out_channels) + 8 * len(fx.keys)
+    x = torch.randn(1, 4, 64, 64)
+    streams = [fx.compute(x)[k] for k in fx.keys]
+    with torch.no_grad():
+        a = m(x, streams)
+        b = m(x, [s + 1.0 for s in streams])
+    assert (a - b).abs().max() > 1e-3  # the streams change the prediction
+    plain = DiffHRNet(5, 4, "w18_small", fx, stages="none")
+    assert not plain.uses_streams and not any(k.startswith("ddpm.") for k in plain.state_dict())

@@ -128,3 +128,37 @@ def test_feature_cache_refuses_a_ddpm_being_finetuned(tmp_path):
     cfg.features = replace(cfg.features, cache=True)
     with pytest.raises(ConfigError, match="frozen DDPM"):
         finetune(cfg, tmp_path / "run", progress=False)
+
+
+def test_train_step_adds_the_weighted_loss_of_the_features_only_head():
+    """loss = CE(fused logits) + aux_weight · CE(features-only logits), both on the same labels."""
+    from accelerate import Accelerator
+
+    from diffhrnet_lab.training.finetune import train_step
+
+    class Two(torch.nn.Module):
+        aux_weight = 0.25
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 0.5]).reshape(1, 3, 1, 1))
+            self.aux_logits = None
+
+        def forward(self, x, streams=None):
+            self.aux_logits = 2 * x * self.w
+            return x * self.w
+
+    x = torch.ones(1, 1, 1, 2)
+    mask = torch.tensor([[[0, 2]]])
+    model = Two()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = train_step(model, {"image": x, "mask": mask}, opt, Accelerator(cpu=True), 0.0, None, 255)
+    logits = torch.tensor([1.0, -1.0, 0.5])  # the same at both pixels; labels 0 and 2
+
+    def ce(z):
+        return (torch.nn.functional.cross_entropy(z[None], torch.tensor([0]))
+                + torch.nn.functional.cross_entropy(z[None], torch.tensor([2]))) / 2
+
+    want = ce(logits) + 0.25 * ce(2 * logits)
+    torch.testing.assert_close(loss, want)
+    assert model.aux_logits is None  # released after the loss
