@@ -57,7 +57,7 @@ def class_balance(classes: Sequence[str], counts: Sequence[float]) -> str:
     if absent:
         lines.append(f"Absent from these masks: {', '.join(absent)}.")
     n_present = int((share > 0).sum())
-    lines.append(f"A model that never predicted {pretty(classes[rare])} would lose at most {_pct(share[rare])} of "
+    lines.append(f"A model that never predicted {pretty(classes[rare])} would lose at most {100 * share[rare]:.1f} points of "
                  f"overall accuracy, but that class's IoU is 1/{n_present} of the mean IoU over the "
                  f"{n_present} classes present.")
     return " ".join(lines)

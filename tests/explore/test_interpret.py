@@ -22,6 +22,7 @@ def test_class_balance_names_the_most_frequent_and_the_rarest_class_with_their_s
     assert "**car** is the rarest present (10.0 %)" in text
     assert "6 times as frequent" in text
     assert "Absent from these masks: water." in text
+    assert "lose at most 10.0 points of overall accuracy" in text
     assert "1/3 of the mean IoU over the 3 classes present" in text
     with pytest.raises(ValueError, match="no labelled pixels"):
         class_balance(["a"], [0])
