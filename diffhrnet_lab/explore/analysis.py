@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..features.extractor import FeatureExtractor, FeatureKey
-from ..inference.metrics import confusion_matrix, scores
+from ..inference.metrics import Scores, confusion_matrix, scores
 
 
 def pca_rgb(feat: torch.Tensor, basis: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
@@ -67,12 +67,15 @@ def _pixels(feats: dict[FeatureKey, torch.Tensor], mask: torch.Tensor, n: int, i
 
 def linear_probe(extractor: FeatureExtractor, train: Sequence[dict], val: Sequence[dict], num_classes: int,
                  ignore_index: int = 255, pixels_per_tile: int = 4096, epochs: int = 60, seed: int = 0,
-                 progress: bool = False) -> dict[FeatureKey, float]:
+                 progress: bool = False, per_class: bool = False,
+                 classes: Sequence[str] | None = None) -> dict[FeatureKey, float] | dict[FeatureKey, Scores]:
     """Validation mIoU of a per-pixel linear classifier trained on each (t, block) stream alone.
 
     ``train`` / ``val`` are dataset items (``image`` normalised ``(C, H, W)``, ``mask``).  Training
     uses a random sample of labelled pixels per tile (the DDPM-Seg protocol, which trains on pixels,
-    not images); validation predicts every pixel of the validation tiles.
+    not images); validation predicts every pixel of the validation tiles.  ``per_class``: each
+    stream's full :class:`~diffhrnet_lab.inference.metrics.Scores` (per-class IoU and F1, named by
+    ``classes``) instead of its mIoU alone, to ask which stream finds the small classes.
     """
     gen = torch.Generator().manual_seed(seed)
     xs: dict[FeatureKey, list[torch.Tensor]] = {k: [] for k in extractor.keys}
@@ -103,5 +106,5 @@ def linear_probe(extractor: FeatureExtractor, train: Sequence[dict], val: Sequen
                 f = F.interpolate(feats[key][None], size=mask.shape, mode="bilinear", align_corners=False)[0]
                 logits = clf(((f.reshape(f.shape[0], -1).T) - mean) / std)
                 cm += confusion_matrix(logits.argmax(1), mask.reshape(-1), num_classes, ignore_index)
-        result[key] = scores(cm).miou
+        result[key] = scores(cm, list(classes) if classes else None) if per_class else scores(cm).miou
     return result

@@ -160,3 +160,14 @@ def stage_paths(cfg: ProfileConfig, data_root: str = "", ddpm_dir: str = "", run
     else:
         ddpm, why = embedded_ddpm_dir(), "embedded"
     return StagePaths(data=data, scheme=scheme, ddpm=ddpm, ddpm_from=why, run=run, dataset=dataset)
+
+
+# The kit names no public repository yet (README, pyproject): every notebook's badge is built from
+# this one constant, so publishing the repository elsewhere changes one line.
+COLAB_REPOSITORY = "diffhrnet-lab/diffhrnet_lab"
+
+
+def colab_badge(notebook: str, repository: str = COLAB_REPOSITORY, branch: str = "main") -> str:
+    """The "Open in Colab" badge (markdown) of ``notebooks/<notebook>`` in ``repository``."""
+    return ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"(https://colab.research.google.com/github/{repository}/blob/{branch}/notebooks/{notebook})")

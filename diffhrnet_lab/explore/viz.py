@@ -179,3 +179,105 @@ def plot_confusion(cm, classes: Sequence[str], title: str = "confusion matrix (r
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def architecture_of(model_or_cfg) -> dict:
+    """What :func:`plot_architecture` draws, read from a built ``DiffHRNet`` or from a ``ModelConfig``
+    (or a ``ProfileConfig``): branch widths per stage, the stages where DDPM features are fused, and
+    the head options.  Options missing from an older config read as off."""
+    import torch
+
+    from ..errors import ConfigError
+    from ..models.fusion import parse_stages
+    from ..models.hrnet import HRNetBackbone
+
+    cfg = getattr(model_or_cfg, "model", model_or_cfg)
+    backbone = getattr(cfg, "backbone", None)
+    if isinstance(cfg, torch.nn.Module):
+        if backbone is None:
+            raise ConfigError(f"{type(cfg).__name__} has no HRNet backbone to draw (the DDPM pixel classifier has none)")
+        uses = getattr(cfg, "uses_streams", bool(cfg.stages))
+        return {"variant": backbone.variant, "widths": [list(w) for w in backbone.stage_channels],
+                "stages": tuple(cfg.stages), "fusion": getattr(cfg, "fusion_op", ""),
+                "head_fusion": uses and getattr(cfg, "head_streams", None) is not None,
+                "aux": uses and getattr(cfg, "aux", None) is not None,
+                "logit_fusion": uses and getattr(cfg, "aux", None) is not None and bool(getattr(cfg, "logit_fusion", False))}
+    if cfg.method == "ddpm_mlp":
+        raise ConfigError("method ddpm_mlp has no HRNet backbone to draw (DDPM features alone)")
+    with torch.device("meta"):
+        backbone = HRNetBackbone(cfg.variant, 3)
+    fused = cfg.method == "diffhrnet"
+    aux = fused and getattr(cfg, "aux_weight", 0.0) > 0
+    return {"variant": cfg.variant, "widths": [list(w) for w in backbone.stage_channels],
+            "stages": parse_stages(cfg.stages) if fused else (), "fusion": cfg.fusion if fused else "",
+            "head_fusion": fused and getattr(cfg, "head_fusion", 0) > 0, "aux": aux,
+            "logit_fusion": aux and bool(getattr(cfg, "logit_fusion", False))}
+
+
+def plot_architecture(model_or_cfg):
+    """HRNet's four resolution streams (1/4 … 1/32) as lanes over stages 1-4, with a marker (gid
+    ``fusion``) wherever DDPM features enter a branch, and the head: streams into the head at 1/4
+    (gid ``head_fusion``) and the features-only pixel classifier whose logits are added (gid
+    ``logit_fusion``) when the model has them.  Drawn from the model or config, so it follows them."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    arch = architecture_of(model_or_cfg)
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    ax.set_xlim(-0.9, 6.2), ax.set_ylim(4.6, -1.5), ax.axis("off")
+    box_w, box_h = 0.62, 0.5
+    feat_colour, hr_colour = "tab:orange", "#dbe8f6"
+
+    def box(x, y, text, colour=hr_colour, w=box_w, h=box_h):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02", fc=colour, ec="k", lw=0.8))
+        ax.text(x, y, text, ha="center", va="center", fontsize=7.5)
+
+    def arrow(x0, y0, x1, y1, **kw):
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="-|>", lw=0.8, **kw))
+
+    for lane in range(4):
+        ax.text(-0.85, lane, f"1/{4 * 2 ** lane}", ha="left", va="center", fontsize=9, weight="bold")
+    box(-0.2, 0, "stem\n(÷4)", "#eeeeee", w=0.5)
+    arrow(0.05, 0, 1 - box_w / 2, 0)
+    for s, widths in enumerate(arch["widths"], start=1):
+        ax.text(s, -0.55, f"stage {s}", ha="center", fontsize=9)
+        for i, c in enumerate(widths):
+            box(s, i, f"{c} ch")
+            if s < 4:
+                arrow(s + box_w / 2, i, s + 1 - box_w / 2, i)
+        if s < 4:
+            arrow(s + box_w / 2, len(widths) - 1, s + 1 - box_w / 2, len(widths), ls="--")
+        if s in arch["stages"]:
+            for i in range(len(widths)):
+                ax.plot(s + box_w / 2 + 0.1, i, "o", ms=9, mfc=feat_colour, mec="k", gid="fusion")
+    head_x = 5.3
+    box(head_x, 1.5, "HRNetV2 head\nall streams\nupsampled to 1/4,\nconcatenated", w=0.95, h=3.4)
+    for i in range(4):
+        arrow(4 + box_w / 2, i, head_x - 0.48, i)
+    ddpm_y = -1.15
+    n_feat = len(arch["stages"]) + arch["head_fusion"] + arch["aux"]
+    if n_feat:
+        ax.text(2.5, ddpm_y, f"frozen DDPM decoder features (t, block)  ·  fusion: {arch['fusion'] or '—'}",
+                ha="center", va="center", fontsize=9, color="k",
+                bbox=dict(boxstyle="round", fc=feat_colour, alpha=0.35))
+        for s in arch["stages"]:
+            ax.plot([s + box_w / 2 + 0.1] * 2, [ddpm_y + 0.2, -0.2], color=feat_colour, lw=1, ls=":")
+    if arch["head_fusion"]:
+        ax.plot(head_x - 0.55, 0, "s", ms=9, mfc=feat_colour, mec="k", gid="head_fusion")
+        ax.plot([head_x - 0.55] * 2, [ddpm_y + 0.2, -0.2], color=feat_colour, lw=1, ls=":")
+    if arch["aux"]:
+        box(4.1, 4.2, "features-only pixel classifier", feat_colour, w=1.5, h=0.45)
+        if arch["logit_fusion"]:
+            ax.plot(head_x, 3.75, "P", ms=11, mfc="w", mec="k", gid="logit_fusion")
+            arrow(4.85, 4.2, head_x - 0.1, 3.8)
+            ax.text(head_x + 0.2, 3.95, "logits added", fontsize=7.5)
+        else:
+            ax.text(4.1, 4.55, "(training loss only)", ha="center", fontsize=7)
+    legend = ["●  DDPM features fused into every branch of that stage (resized to the branch)"] if arch["stages"] else []
+    legend += ["■  every stream, projected, enters the head at 1/4"] if arch["head_fusion"] else []
+    ax.text(-0.85, 4.45, "\n".join(legend), fontsize=7.5, va="center")
+    n_points = sum(len(arch["widths"][s - 1]) for s in arch["stages"])
+    ax.set_title(f"HRNet {arch['variant']}: four resolution streams; DDPM features fused at stage(s) "
+                 f"{', '.join(map(str, arch['stages'])) or 'none'} ({n_points} fusion points)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -42,3 +42,37 @@ def test_to_rgb_maps_normalised_and_stored_pixels_to_unit_range():
     np.testing.assert_allclose(to_rgb(stored), [[[0.0, 0.2, 1.0], [1.0, 0.4, 0.0]]], atol=1e-6)
     grey = to_rgb(np.array([[[0, 255]]], np.uint8))
     np.testing.assert_allclose(grey, [[[0, 0, 0], [1, 1, 1]]])
+
+
+class _TwoStreams:
+    """A stand-in extractor: stream (50, 0) is the class one-hot (perfectly separable), stream
+    (500, 0) is noise; both at the image's resolution."""
+
+    keys = [(50, 0), (500, 0)]
+
+    def __call__(self, images: torch.Tensor) -> dict:
+        onehot = torch.nn.functional.one_hot(images[:, 0].long(), 3).permute(0, 3, 1, 2).float()
+        noise = torch.randn(onehot.shape, generator=torch.Generator().manual_seed(int(images.sum())))
+        return {(50, 0): onehot, (500, 0): noise}
+
+
+def _items(n: int, seed: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        mask = torch.randint(0, 3, (16, 16), generator=g)
+        out.append({"image": mask[None].float(), "mask": mask})
+    return out
+
+
+def test_linear_probe_scores_the_separable_stream_perfectly_and_returns_per_class_scores_on_request():
+    from diffhrnet_lab.explore.analysis import linear_probe
+
+    train, val = _items(3, 0), _items(2, 1)
+    miou = linear_probe(_TwoStreams(), train, val, num_classes=3, pixels_per_tile=200, epochs=100)
+    assert set(miou) == {(50, 0), (500, 0)} and isinstance(miou[(50, 0)], float)
+    assert miou[(50, 0)] == 1.0 and miou[(500, 0)] < 0.6
+    full = linear_probe(_TwoStreams(), train, val, num_classes=3, pixels_per_tile=200, epochs=100, per_class=True,
+                        classes=["road", "roof", "tree"])
+    assert full[(50, 0)].classes == ["road", "roof", "tree"] and full[(50, 0)].iou == [1.0, 1.0, 1.0]
+    assert full[(500, 0)].miou == miou[(500, 0)] and len(full[(500, 0)].iou) == 3
