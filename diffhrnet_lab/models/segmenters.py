@@ -146,7 +146,7 @@ class DDPMPixelClassifier(nn.Module):
                 feats = self.extractor.compute(x)
             streams = [feats[k] for k in self.extractor.keys]
         size = x.shape[-2:]
-        up = [F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False) for f in streams]
+        up = [F.interpolate(f.to(x.dtype), size=size, mode="bilinear", align_corners=False) for f in streams]
         return self.mlp(torch.cat(up, 1))
 
     trainable_state_dict = DiffHRNet.trainable_state_dict

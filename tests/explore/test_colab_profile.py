@@ -44,7 +44,7 @@ def test_colab_ddpm_pretraining_fits_a_t4_and_full_would_not(colab):
 
 
 def test_colab_finetuning_fits_a_t4(colab):
-    for method in ("hrnet", "diffhrnet"):
+    for method in ("hrnet", "diffhrnet", "ddpm_mlp"):  # ddpm_mlp in fp16 once failed on float features
         cfg = dataclasses.replace(colab, model=replace(colab.model, method=method))
         est = estimate(cfg, "finetune", "t4")
         assert 0 < est.peak_bytes < T4_BUDGET, str(est)
