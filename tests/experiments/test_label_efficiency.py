@@ -56,11 +56,12 @@ def test_label_efficiency_run_config_holds_out_the_scene_and_scores_only_at_the_
     from diffhrnet_lab.experiments.label_efficiency import run_config
 
     cfg = profile_config("quick")
-    c = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "fc", "late", 2, 1)
+    assert cfg.label_efficiency.held_out == "all"  # the rotation is the default protocol
+    c = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "fc", "late", 2, 1, "Tile_1")
     assert c.data.val_groups == ("Tile_1",) and c.data.label_budget == 2 and c.data.seed == 1 and c.train.seed == 1
     assert c.model.method == "diffhrnet" and c.model.stages == "late" and c.features.cache
     # scored once at the end, in windows (memory bounded by the window, not the scene)
     assert c.train.steps == c.train.eval_every == 150 and c.train.eval_window == cfg.train.eval_window == 128
     assert c.features.cache_dir == str(tmp_path / "fc")
     cfg.features = replace(cfg.features, cache_dir="/elsewhere")
-    assert run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "fc", "hrnet", 1, 0).features.cache_dir == "/elsewhere"
+    assert run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "fc", "hrnet", 1, 0, "Tile_1").features.cache_dir == "/elsewhere"
