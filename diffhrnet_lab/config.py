@@ -109,6 +109,7 @@ class DataConfig:
     val_fraction: float = 0.2
     label_budget: int | float | None = None
     max_per_group: int = 0  # >0: only the first N tiles of each scene (smoke runs on real data)
+    photometric: float = 0.0  # training: per-band gain and offset jitter of this strength (images in [-1, 1])
     seed: int = 0
 
     def resolved_root(self) -> Path:

@@ -252,7 +252,8 @@ class LabelledTiles(_Seeded):
 
     def __init__(self, pairs: Sequence[Pair], scheme: str | LabelScheme, stats: BandStats | None = None,
                  crop_size: int | None = None, augment: bool = False, samples_per_epoch: int | None = None,
-                 seed: int = 0, expected_bands: int | None = None, compact_masks: bool = False):
+                 seed: int = 0, expected_bands: int | None = None, compact_masks: bool = False,
+                 photometric: float = 0.0):
         if not pairs:
             raise DataError("no labelled tiles given")
         # Training loaders ask for uint8 masks (the ignore index 255 fits): an eighth of the bytes
@@ -261,6 +262,7 @@ class LabelledTiles(_Seeded):
         self.scheme = get_scheme(scheme)
         self.pairs = list(pairs)
         self.crop_size, self.augment, self.seed = crop_size, augment, seed
+        self.photometric = photometric
         self.samples_per_epoch = samples_per_epoch
         raw, self.masks = [], []
         bands = expected_bands or (stats.bands if stats else None)
@@ -294,15 +296,31 @@ class LabelledTiles(_Seeded):
     def __getitem__(self, index: int) -> dict:
         epoch, index = self._locate(index)
         i = index % len(self.pairs)
+        rng = self._rng(epoch, index)
         if self.features is not None and self.crop_size is not None:
-            image, mask, streams = aligned_crop_d4(self._rng(epoch, index), self.images[i], self.masks[i], self.features[i],
+            image, mask, streams = aligned_crop_d4(rng, self.images[i], self.masks[i], self.features[i],
                                                    self.strides, self.crop_size, self.augment, self.scheme.ignore_index)
-            return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask).to(self.mask_dtype),
+            return {"image": torch.from_numpy(self._jitter(rng, image)), "mask": torch.from_numpy(mask).to(self.mask_dtype),
                     "streams": streams, "id": self.pairs[i].id}
-        image, mask = random_crop_d4(self._rng(epoch, index), [self.images[i], self.masks[i]], self.crop_size,
+        image, mask = random_crop_d4(rng, [self.images[i], self.masks[i]], self.crop_size,
                                      self.augment, pad_values=[0.0, self.scheme.ignore_index])
-        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask).to(self.mask_dtype),
+        return {"image": torch.from_numpy(self._jitter(rng, image)), "mask": torch.from_numpy(mask).to(self.mask_dtype),
                 "id": self.pairs[i].id}
+
+    def _jitter(self, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+        """Photometric augmentation of the image only: per band, ``a * x + b`` with gain ``a`` in
+        ``[1 - s, 1 + s]`` and offset ``b`` in ``[-s, s]`` (images are in [-1, 1]), ``s = photometric``.
+
+        Scenes of one dataset differ in illumination, season and sensor gain; a network trained on one
+        scene's colours reads another's wrongly.  Cached DDPM features are not jittered: they were
+        computed from the real image.  Drawn after the crop from the same generator, so crops and
+        flips are those of an unjittered run."""
+        if not (self.augment and self.photometric > 0):
+            return image
+        c = image.shape[0]
+        a = rng.uniform(1 - self.photometric, 1 + self.photometric, size=(c, 1, 1)).astype(np.float32)
+        b = rng.uniform(-self.photometric, self.photometric, size=(c, 1, 1)).astype(np.float32)
+        return image * a + b
 
     def class_pixel_counts(self) -> np.ndarray:
         counts = np.zeros(self.scheme.num_classes, np.int64)

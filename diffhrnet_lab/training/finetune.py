@@ -97,7 +97,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])
     n_batches = max(1, -(-len(train_pairs) // dc.batch_size))
     train_ds = LabelledTiles(train_pairs, scheme, stats, crop_size=dc.crop_size, augment=True,
-                             samples_per_epoch=n_batches * dc.batch_size, seed=tc.seed, compact_masks=True)
+                             samples_per_epoch=n_batches * dc.batch_size, seed=tc.seed, compact_masks=True,
+                             photometric=dc.photometric)
     val_ds = LabelledTiles(val_pairs, scheme, stats)
     set_seed(tc.seed)
     model = build_segmenter(mc, fc, scheme.num_classes, stats.bands, bundle)

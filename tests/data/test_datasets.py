@@ -179,3 +179,27 @@ def test_aligned_crop_pads_tiles_smaller_than_the_crop():
     img_c, mask_c, feat_c = aligned_crop_d4(rng, image, mask, feats, [4], crop=32, augment=False, ignore_index=255)
     assert img_c.shape == (3, 32, 32) and feat_c[0].shape == (8, 8, 8)
     assert (mask_c[20:] == 255).all() and (mask_c[:, 24:] == 255).all() and (mask_c[:20, :24] == 0).all()
+
+
+def test_photometric_jitter_is_a_per_band_gain_and_offset_of_the_same_crop(make_labelled):
+    """With ``photometric=s`` each training item is ``a * x + b`` per band of the crop an unjittered
+    dataset gives (same mask), with ``a`` in [1-s, 1+s] and ``b`` in [-s, s]; evaluation items and
+    ``s = 0`` are untouched."""
+    root = make_labelled(2, size=(40, 48))
+    pairs = find_pairs(root)
+    plain = LabelledTiles(pairs, "samples", crop_size=24, augment=True, samples_per_epoch=6, seed=3)
+    jit = LabelledTiles(pairs, "samples", crop_size=24, augment=True, samples_per_epoch=6, seed=3, photometric=0.3)
+    gains = []
+    for i in range(6):
+        x, y = plain[i]["image"].double(), jit[i]["image"].double()
+        assert torch.equal(plain[i]["mask"], jit[i]["mask"])
+        for band in range(3):
+            xb, yb = x[band].flatten(), y[band].flatten()
+            a = ((xb - xb.mean()) * (yb - yb.mean())).sum() / ((xb - xb.mean()) ** 2).sum()
+            b = yb.mean() - a * xb.mean()
+            torch.testing.assert_close(yb, a * xb + b, atol=1e-5, rtol=0)
+            assert 0.7 <= a <= 1.3 and -0.3 <= b <= 0.3
+            gains.append(float(a))
+    assert np.std(gains) > 0.05  # drawn per band and per item, not one constant
+    whole = LabelledTiles(pairs, "samples", photometric=0.3)
+    assert torch.equal(whole[0]["image"], LabelledTiles(pairs, "samples")[0]["image"])
