@@ -169,7 +169,7 @@ class ModelConfig:
     fusion: str = "gated"  # concat | add | gated
     finetune_ddpm: bool = False
     head_dropout: float = 0.1  # HRNetV2 head (mmseg's dropout_ratio); 0 for runs that must match across process counts
-    feature_norm: bool = False  # standardise each DDPM stream per channel before fusing (SatDiFuser, ODISE)
+    feature_norm: bool = True  # standardise each DDPM stream per channel before fusing (SatDiFuser, ODISE; BENCHMARKS.md)
     head_fusion: int = 0  # >0: every stream, projected to this many channels, also enters the head at 1/4
     aux_weight: float = 0.0  # >0: a features-only pixel classifier beside HRNet, its loss weighted so (deep supervision)
     logit_fusion: bool = False  # add that classifier's logits to HRNet's (needs aux_weight > 0)

@@ -173,7 +173,8 @@ def bench_diffhrnet(profile: str = "smoke") -> dict[str, Any]:
     torch.manual_seed(0)
     x, y = _images(n, size), torch.randint(0, 7, (n, size, size))
     hrnet = DiffHRNet(7, 4, cfg.model.variant).train()
-    diff = DiffHRNet(7, 4, cfg.model.variant, fx, cfg.model.stages, cfg.model.fusion).train()
+    diff = DiffHRNet(7, 4, cfg.model.variant, fx, cfg.model.stages, cfg.model.fusion,
+                     feature_norm=cfg.model.feature_norm).train()
     with torch.no_grad():
         feats = fx.compute(x)
     streams = [feats[k] for k in fx.keys]

@@ -358,7 +358,7 @@ def bench_cache_vs_inline(cfg: ProfileConfig, steps: int, warmup: int, preset: s
     preset = preset or cfg.ddpm.preset
     fx = FeatureExtractor(build_unet(preset, 3, dc.crop_size).to(acc.device).eval(), build_scheduler(),
                           fc.timesteps, fc.blocks)
-    model = DiffHRNet(6, 3, mc.variant, fx, mc.stages, mc.fusion, head_dropout=0.0)
+    model = DiffHRNet(6, 3, mc.variant, fx, mc.stages, mc.fusion, head_dropout=0.0, feature_norm=mc.feature_norm)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model, opt = acc.prepare(model, opt)
     model.train()
