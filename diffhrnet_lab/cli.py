@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, default=None,
                    help="labelled dataset with scene sub-folders (default: $DHL_DUBAI_DIR, else the embedded Dubai scenes)")
     s.add_argument("--scheme", default="dubai")
-    s.add_argument("--profile", default=None, help="smoke, quick (~40 min on a 2-core CPU) or full (GPU)")
+    s.add_argument("--profile", default=None, help="smoke, quick (the 4-fold rotation: about 80 min on a 2-core CPU, see BENCHMARKS.md), colab or full (GPU)")
     s.add_argument("--out", type=Path, default=Path("runs/label_efficiency"))
     s.add_argument("--ddpm", type=Path, default=None, help="use this DDPM bundle instead of pretraining one")
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
