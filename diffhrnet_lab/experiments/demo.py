@@ -213,6 +213,11 @@ def _report(cfg: ProfileConfig, configs, summaries, scores_by, pairs, test_pairs
     if rotation is not None:
         lines += ["From `BENCHMARKS.md` (the rotation: each scene held out in turn, several seeds; bars are paired "
                   "bootstrap 95 % intervals):", "", f"![label-efficiency rotation]({Path(rotation).name})", ""]
+        rows = ROTATION_FIGURE.with_suffix(".json")
+        if rows.exists():
+            from .label_efficiency import markdown
+
+            lines += [markdown(json.loads(rows.read_text())["summary"]), ""]
     else:
         lines += ["Not in this checkout yet: run `diffhrnet-lab label-efficiency --profile quick --set "
                   "label_efficiency.held_out=all` and keep its plot as `benchmarks/label_efficiency_rotation.png`.", ""]

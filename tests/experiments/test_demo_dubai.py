@@ -10,7 +10,7 @@ import pytest
 from diffhrnet_lab.config import (dubai_dir, embedded_dubai_ddpm_dir, embedded_dubai_dir, profile_config,
                                   replace)
 from diffhrnet_lab.errors import ConfigError, DataError
-from diffhrnet_lab.experiments.demo import demo_configs, run_demo
+from diffhrnet_lab.experiments.demo import ROTATION_FIGURE, demo_configs, run_demo
 
 SCENES = ["Tile_1", "Tile_2", "Tile_3", "Tile_4"]
 
@@ -95,3 +95,7 @@ def test_smoke_demo_trains_on_one_scene_selects_on_another_and_scores_a_third(tm
     assert "| Diff-HRNet |" in text and "| DDPM pixel classifier |" in text and "Humans in the Loop, MBRSC" in text
     for fig in ("predictions.png", "curves.png", "iou.png", "miou.png", "samples.png"):
         assert (out / fig).read_bytes()[:4] == b"\x89PNG" and f"]({fig})" in text
+    rotation = json.loads((ROTATION_FIGURE.with_suffix(".json")).read_text())  # committed with the repository
+    diff = next(r for r in rotation["summary"] if r["method"] == "diffhrnet" and r["budget"] == 1)
+    assert f"| diffhrnet | 1 | {diff['n']} | {diff['miou']['mean']:.1f} [" in text  # the rotation's numbers, quoted
+    assert (out / ROTATION_FIGURE.name).read_bytes()[:4] == b"\x89PNG"
