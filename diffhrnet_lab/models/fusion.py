@@ -138,6 +138,11 @@ class HeadStreams(nn.Module):
         return torch.cat(out, 1)
 
 
+def upsampled(streams: Sequence[torch.Tensor], size: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """All streams resized to ``size`` and concatenated: the per-pixel vector a pixel classifier reads."""
+    return torch.cat([F.interpolate(f.to(dtype), size=size, mode="bilinear", align_corners=False) for f in streams], 1)
+
+
 def pixel_mlp(cin: int, num_classes: int) -> nn.Sequential:
     """DDPM-Seg's pixel classifier (Baranchuk et al. 2022, §3.2: Linear 128 → ReLU → BN → Linear 32
     → ReLU → BN → Linear K) as 1x1 convolutions, i.e. the same MLP applied to every pixel at once."""

@@ -28,7 +28,7 @@ from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError, DataError
 from ..features.extractor import FeatureExtractor, file_hash
 from ..fileio import atomic_dir, atomic_write_json
-from .fusion import FusionPoint, HeadStreams, StreamNorm, parse_stages, pixel_mlp
+from .fusion import FusionPoint, HeadStreams, StreamNorm, parse_stages, pixel_mlp, upsampled
 from .hrnet import HRNetBackbone, HRNetV2Head
 
 SEGMENTERS = ("hrnet", "diffhrnet", "ddpm_mlp")
@@ -90,7 +90,7 @@ class DiffHRNet(nn.Module):
         """``streams``: the extractor's features of ``x`` computed beforehand (one per key, at block
         resolution); without them they are computed here."""
         xp, h, w = pad_to(x, 32)
-        fuse, aux = None, None
+        fuse, aux = None, None  # fuse: the backbone's per-stage hook, set when streams exist
         if self.uses_streams:
             streams = self.ddpm_streams(xp) if streams is None else self.cached_streams(streams, xp.shape[-2:])
             if self.norm is not None:
@@ -106,8 +106,7 @@ class DiffHRNet(nn.Module):
             branches = [*branches, self.head_streams(streams, branches[0].shape[-2:])]
         logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
         if self.aux is not None:
-            aux = self.aux(torch.cat([F.interpolate(f, size=xp.shape[-2:], mode="bilinear", align_corners=False)
-                                      for f in streams], 1))
+            aux = self.aux(upsampled(streams, xp.shape[-2:], xp.dtype))
             if self.logit_fusion:
                 logits = logits + aux
         # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
@@ -145,9 +144,7 @@ class DDPMPixelClassifier(nn.Module):
             with torch.set_grad_enabled(self.finetune_ddpm and torch.is_grad_enabled()):
                 feats = self.extractor.compute(x)
             streams = [feats[k] for k in self.extractor.keys]
-        size = x.shape[-2:]
-        up = [F.interpolate(f.to(x.dtype), size=size, mode="bilinear", align_corners=False) for f in streams]
-        return self.mlp(torch.cat(up, 1))
+        return self.mlp(upsampled(streams, x.shape[-2:], x.dtype))
 
     trainable_state_dict = DiffHRNet.trainable_state_dict
 
