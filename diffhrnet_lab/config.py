@@ -107,6 +107,7 @@ class DataConfig:
     val_groups: tuple[str, ...] | None = None
     train_groups: tuple[str, ...] | None = None  # only these scenes train (the demo's one named scene)
     val_fraction: float = 0.2
+    test_fraction: float = 0.0  # >0: this share of the scenes is kept out of training *and* validation (sweeps report it)
     label_budget: int | float | None = None
     max_per_group: int = 0  # >0: only the first N tiles of each scene (smoke runs on real data)
     photometric: float = 0.0  # training: per-band gain and offset jitter of this strength (images in [-1, 1])
@@ -173,6 +174,8 @@ class ModelConfig:
     head_fusion: int = 0  # >0: every stream, projected to this many channels, also enters the head at 1/4
     aux_weight: float = 0.0  # >0: a features-only pixel classifier beside HRNet, its loss weighted so (deep supervision)
     logit_fusion: bool = False  # add that classifier's logits to HRNet's (needs aux_weight > 0)
+    residual: bool = False  # start as the pixel classifier: its logits + HRNet's, HRNet's classifier zero at step 0
+    rgb_lr: float = 1.0  # learning-rate factor of HRNet's own layers (backbone, head) in the fused model
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
 
 

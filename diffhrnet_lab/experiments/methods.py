@@ -14,7 +14,8 @@ from ..errors import ConfigError
 
 # the fused model's additions switched off: the variants below name every one they use, so that a
 # variant means the same model whatever the profile's Diff-HRNet defaults are
-_PLAIN = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False}
+_PLAIN = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False, "residual": False,
+          "rgb_lr": 1.0}
 
 # name → (label for tables and plots, ModelConfig changes)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -34,6 +35,11 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ms_all": ("multistage + head + features-only head", {"method": "diffhrnet", "stages": "multistage",
                                                           "feature_norm": True, "head_fusion": 32,
                                                           "aux_weight": 0.4, "logit_fusion": True}),
+    # round 4 (BENCHMARKS.md): warm start from the pixel classifier inside the run
+    "ms_res": ("ms_norm + pixel classifier base, HRNet residual", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
+                                                                   "feature_norm": True, "residual": True}),
+    "ms_res_slow": ("ms_res, HRNet layers at lr x0.1", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
+                                                        "feature_norm": True, "residual": True, "rgb_lr": 0.1}),
 }
 
 

@@ -45,7 +45,7 @@ class DiffHRNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, variant: str = "w18_small", extractor=None,
                  stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False,
                  head_dropout: float = 0.1, feature_norm: bool = False, head_fusion: int = 0,
-                 aux_weight: float = 0.0, logit_fusion: bool = False):
+                 aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
@@ -53,7 +53,8 @@ class DiffHRNet(nn.Module):
         self.finetune_ddpm = finetune_ddpm
         self.fusion_op = fusion
         self.points = nn.ModuleDict()
-        self.uses_streams = extractor is not None and bool(self.stages or head_fusion or aux_weight or logit_fusion)
+        self.uses_streams = extractor is not None and bool(self.stages or head_fusion or aux_weight or logit_fusion
+                                                           or residual)
         if logit_fusion and not aux_weight:
             raise ConfigError("model.logit_fusion adds the features-only head's logits: it needs model.aux_weight > 0")
         chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
@@ -61,8 +62,13 @@ class DiffHRNet(nn.Module):
         self.head_streams = HeadStreams(chans, head_fusion) if self.uses_streams and head_fusion else None
         extra = [self.head_streams.width] if self.head_streams else []
         self.head = HRNetV2Head(list(self.backbone.out_channels) + extra, num_classes, dropout=head_dropout)
-        self.aux = pixel_mlp(sum(chans), num_classes) if self.uses_streams and aux_weight else None
-        self.aux_weight, self.logit_fusion = aux_weight, logit_fusion
+        self.aux = pixel_mlp(sum(chans), num_classes) if self.uses_streams and (aux_weight or residual) else None
+        self.aux_weight, self.logit_fusion = aux_weight, logit_fusion or (residual and self.uses_streams)
+        if residual and self.uses_streams:
+            # ControlNet's zero convolution: at step 0 the model *is* the pixel classifier, and HRNet
+            # only adds what lowers the loss from there (a warm start inside one run)
+            nn.init.zeros_(self.head.classify.weight)
+            nn.init.zeros_(self.head.classify.bias)
         self.aux_logits: torch.Tensor | None = None
         if self.uses_streams:
             self.ddpm = extractor.unet
@@ -110,8 +116,17 @@ class DiffHRNet(nn.Module):
             if self.logit_fusion:
                 logits = logits + aux
         # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
-        self.aux_logits = aux[..., :h, :w] if aux is not None and self.training else None
+        self.aux_logits = aux[..., :h, :w] if aux is not None and self.aux_weight and self.training else None
         return logits[..., :h, :w]
+
+    def param_groups(self, rgb_lr: float = 1.0) -> list[dict]:
+        """Trainable parameters for the optimiser; HRNet's own layers (backbone, head) get the
+        learning-rate factor ``rgb_lr`` (``model.rgb_lr``), the fusion and feature layers 1."""
+        rgb = [p for n, p in self.named_parameters() if p.requires_grad and n.startswith(("backbone.", "head."))]
+        rest = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(("backbone.", "head."))]
+        if rgb_lr == 1.0 or not self.uses_streams:
+            return [{"params": rgb + rest, "lr_scale": 1.0}]
+        return [g for g in ({"params": rgb, "lr_scale": rgb_lr}, {"params": rest, "lr_scale": 1.0}) if g["params"]]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights to checkpoint: all but a frozen DDPM (that is referenced by hash instead)."""
@@ -169,7 +184,7 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
     return DiffHRNet(num_classes, bands, model.variant, extractor=fx, stages=model.stages, fusion=model.fusion,
                      finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout,
                      feature_norm=model.feature_norm, head_fusion=model.head_fusion, aux_weight=model.aux_weight,
-                     logit_fusion=model.logit_fusion)
+                     logit_fusion=model.logit_fusion, residual=model.residual)
 
 
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:

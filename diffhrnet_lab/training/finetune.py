@@ -61,7 +61,7 @@ def train_step(model: nn.Module, batch: dict, optimizer, accelerator, lr: float,
                ignore_index: int) -> torch.Tensor:
     """One optimisation step; returns the (global mean) loss, left on the device."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     with accelerator.autocast():
         logits = model(batch["image"], batch.get("streams"))
     loss = F.cross_entropy(logits.float(), batch["mask"].long(), weight=weights, ignore_index=ignore_index)
@@ -107,7 +107,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
         _attach_cached_features(model.extractor, fc, (train_ds, val_ds), progress and main)
     if mc.init_timm:
         load_timm_backbone(model.backbone, mc.init_timm)  # a timm model name, or a local .safetensors file
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = (model.param_groups(mc.rgb_lr) if hasattr(model, "param_groups")
+              else [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}])
     check_writable(out, checkpoint_bytes(model, copies=3), "checkpoints (weights, optimizer)")
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     weights = _class_weights(train_ds, tc.class_weights)
@@ -240,6 +241,7 @@ def _load_train_state(d: Path, model: nn.Module, optimizer, cfg: ProfileConfig) 
     same = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, key in (
         ("model", "method"), ("model", "variant"), ("model", "stages"), ("model", "fusion"),
         ("model", "feature_norm"), ("model", "head_fusion"), ("model", "aux_weight"), ("model", "logit_fusion"),
+        ("model", "residual"), ("model", "rgb_lr"),
         ("data", "batch_size"), ("train", "seed"))}
     state = read_state(d, optimizer, same)
     model.load_state_dict(load_tensors(d / "model.safetensors"), strict=False)

@@ -227,3 +227,51 @@ def test_head_fusion_lets_the_features_reach_the_output_without_any_fusion_stage
     assert (a - b).abs().max() > 1e-3  # the streams change the prediction
     plain = DiffHRNet(5, 4, "w18_small", fx, stages="none")
     assert not plain.uses_streams and not any(k.startswith("ddpm.") for k in plain.state_dict())
+
+
+def test_residual_model_starts_as_the_pixel_classifier_and_hrnet_learns_only_a_correction(fx):
+    """``model.residual``: logits = pixel classifier(standardised streams) + HRNet's, HRNet's last
+    convolution zero at step 0 (so only that layer gets a gradient at first); no aux loss needed."""
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True).eval()
+    x = torch.randn(1, 4, 64, 64)
+    streams = m.norm([fx.compute(x)[k] for k in fx.keys])
+    up = torch.cat([torch.nn.functional.interpolate(f, size=(64, 64), mode="bilinear", align_corners=False)
+                    for f in streams], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.aux(up))
+    m.train()
+    m(x).logsumexp(1).mean().backward()
+    assert m.head.classify.weight.grad.abs().sum() > 0 and m.aux[0].weight.grad.abs().sum() > 0
+    assert m.backbone.stem.conv1.weight.grad is None or m.backbone.stem.conv1.weight.grad.abs().sum() == 0
+    assert m.aux_logits is None  # aux_weight 0: nothing for a separate loss
+
+
+def test_rgb_lr_scales_only_hrnet_own_layers(fx):
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True)
+    groups = m.param_groups(0.1)
+    names = {id(p): n for n, p in m.named_parameters()}
+    slow = {names[id(p)].split(".")[0] for p in groups[0]["params"]}
+    fast = {names[id(p)].split(".")[0] for p in groups[1]["params"]}
+    assert groups[0]["lr_scale"] == 0.1 and slow == {"backbone", "head"}
+    assert groups[1]["lr_scale"] == 1.0 and fast == {"points", "aux"}
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in m.parameters())
+    assert len(m.param_groups(1.0)) == 1
+
+
+def test_train_step_applies_each_groups_learning_rate_factor():
+    from accelerate import Accelerator
+
+    from diffhrnet_lab.training.finetune import train_step
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+
+    class Lin(torch.nn.Module):
+        def forward(self, x, streams=None):
+            return (a + b).reshape(1, 3, 1, 1).expand(1, 3, 1, 2)
+
+    opt = torch.optim.SGD([{"params": [a], "lr_scale": 0.1}, {"params": [b], "lr_scale": 1.0}], lr=1.0)
+    train_step(Lin(), {"image": torch.zeros(1, 1, 1, 2), "mask": torch.tensor([[[0, 0]]])}, opt,
+               Accelerator(cpu=True), 0.5, None, 255)
+    torch.testing.assert_close(a.detach(), 0.1 * b.detach())  # same gradient, a tenth of the step
+    assert b[0] > 0 and [g["lr"] for g in opt.param_groups] == [0.05, 0.5]
