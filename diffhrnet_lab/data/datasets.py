@@ -105,6 +105,25 @@ def split_by_group(pairs: Sequence[Pair], val_groups: Sequence[str] | None = Non
     return [p for p in pairs if p.group not in val], [p for p in pairs if p.group in val]
 
 
+def split_test(pairs: Sequence[Pair], fraction: float, seed: int = 0,
+               keep: Sequence[str] = ()) -> tuple[list[Pair], list[Pair]]:
+    """(rest, test): a seeded ``fraction`` of the scenes (at least one) kept out of training and of
+    validation, so that a best step picked on the validation scenes is scored on scenes the
+    selection never looked at.  Drawn with its own seed stream, so the choice does not depend on
+    ``val_fraction``.  Scenes named in ``keep`` (chosen for training or validation) are never drawn."""
+    if fraction <= 0:
+        return list(pairs), []
+    all_groups = groups_of(pairs)
+    groups = [g for g in all_groups if g not in set(keep)]
+    n_test = max(1, round(fraction * len(all_groups)))
+    if len(all_groups) - n_test < 2 or n_test > len(groups):
+        raise DataError(f"data.test_fraction={fraction} keeps {n_test} of {len(all_groups)} scene(s) for testing and "
+                        "leaves fewer than 2 for training and validation; lower it or add scenes")
+    order = np.random.default_rng([seed, 1]).permutation(len(groups))
+    test = {groups[i] for i in order[:n_test]}
+    return [p for p in pairs if p.group not in test], [p for p in pairs if p.group in test]
+
+
 def only_groups(pairs: Sequence[Pair], groups: Sequence[str], role: str = "selected") -> list[Pair]:
     """The pairs of the named scenes; a name that is not a scene of ``pairs`` is an error (a typo
     must not silently train on nothing, or on a validation scene)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import ConfigError, DataError
-from .datasets import Pair, find_pairs, first_per_group, split_by_group
+from .datasets import Pair, find_pairs, first_per_group, split_by_group, split_test
 from .io import TILE_SUFFIXES
 from .labels import LabelScheme, get_scheme
 
@@ -307,12 +307,24 @@ def train_val_pairs(dc) -> tuple[LabelScheme, list[Pair], list[Pair]]:
     """Fine-tuning's pairs from a :class:`~diffhrnet_lab.config.DataConfig`: the scheme, training
     and validation pairs.  With ``dc.dataset`` naming a dataset that has an official train/val
     split, that split is used (validation = official val), unless ``dc.val_groups`` is given;
-    otherwise scenes are split with :func:`split_by_group` as for any folder."""
+    otherwise scenes are split with :func:`split_by_group` as for any folder.  The test scenes of
+    ``dc.test_fraction`` (:func:`train_val_test_pairs`) are in neither."""
+    scheme, train, val, _ = train_val_test_pairs(dc)
+    return scheme, train, val
+
+
+def train_val_test_pairs(dc) -> tuple[LabelScheme, list[Pair], list[Pair], list[Pair]]:
+    """:func:`train_val_pairs` and the test pairs: ``dc.test_fraction`` of the scenes (of the
+    official training split, for a dataset that has one), drawn before the validation split."""
     ds = resolve_dataset(dc.resolved_root(), getattr(dc, "dataset", ""), dc.scheme)
     pairs = first_per_group(ds.labelled, dc.max_per_group)
+    fraction = getattr(dc, "test_fraction", 0.0)
+    chosen = [*(dc.val_groups or ()), *(getattr(dc, "train_groups", None) or ())]
     train, val = ds.split("train"), ds.split("val")
     if dc.val_groups is None and train and val:
         keep = {p.id for p in pairs}
-        return ds.scheme, [p for p in train if p.id in keep], [p for p in val if p.id in keep]
+        train, test = split_test([p for p in train if p.id in keep], fraction, seed=dc.seed, keep=chosen)
+        return ds.scheme, train, [p for p in val if p.id in keep], test
+    pairs, test = split_test(pairs, fraction, seed=dc.seed, keep=chosen)
     train, val = split_by_group(pairs, dc.val_groups, dc.val_fraction, seed=dc.seed)
-    return ds.scheme, train, val
+    return ds.scheme, train, val, test

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from diffhrnet_lab.data.datasets import (LabelledTiles, Pair, UnlabelledPool, aligned_crop_d4, find_pairs, label_budget,
-                                         random_crop_d4, split_by_group)
+                                         random_crop_d4, split_by_group, split_test)
 from diffhrnet_lab.data.io import write_geotiff, write_png
 from diffhrnet_lab.data.labels import DUBAI
 from diffhrnet_lab.errors import DataError
@@ -119,6 +119,21 @@ def test_split_by_group_never_splits_a_scene():
     assert {p.group for p in val} == {"Tile_4"}
     with pytest.raises(DataError, match="Tile_9"):
         split_by_group(pairs, val_groups=["Tile_9"])
+
+
+def test_split_test_keeps_whole_scenes_out_and_spares_the_named_ones():
+    groups = [f"scene_{i:02d}" for i in range(10)]
+    pairs = _pairs(groups)
+    rest, test = split_test(pairs, 0.2, seed=0)
+    held = {p.group for p in test}
+    assert len(held) == 2 and held.isdisjoint({p.group for p in rest}) and len(rest) + len(test) == 30
+    assert split_test(pairs, 0.2, seed=0) == (rest, test)  # seeded
+    assert any({p.group for p in split_test(pairs, 0.2, seed=s)[1]} != held for s in range(1, 6))
+    spared = sorted(held)[:1]
+    assert not set(spared) & {p.group for p in split_test(pairs, 0.2, seed=0, keep=spared)[1]}
+    assert split_test(pairs, 0.0) == (pairs, [])
+    with pytest.raises(DataError, match=r"test_fraction=0.5 keeps 2 of 3 scene\(s\)"):
+        split_test(_pairs(["a", "b", "c"]), 0.5)
 
 
 def test_label_budget_counts_scenes_and_nests():

@@ -2,9 +2,10 @@
 
 import pytest
 
-from diffhrnet_lab.config import profile_config
+from diffhrnet_lab.config import profile_config, replace
 from diffhrnet_lab.errors import ConfigError
-from diffhrnet_lab.experiments.sweep import ABLATIONS, EXPERIMENT_PARAMS, experiment_config, markdown_table
+from diffhrnet_lab.experiments.sweep import (ABLATIONS, EXPERIMENT_PARAMS, TEST_FRACTION, experiment_config,
+                                             markdown_table)
 
 
 def test_full_profile_keeps_its_blocks_unless_a_configuration_names_others():
@@ -17,7 +18,9 @@ def test_full_profile_keeps_its_blocks_unless_a_configuration_names_others():
     for empty in ("", [], None):
         cfg = experiment_config("full", blocks=empty, timesteps=empty, method=empty, label_budget=empty, seed=empty)
         assert cfg.features.blocks == (1, 2) and cfg.features.timesteps == full.features.timesteps
-        assert cfg.model == full.model and cfg.data == full.data and cfg.train == full.train
+        assert cfg.model == full.model and cfg.train == full.train
+        assert cfg.data == replace(full.data, test_fraction=TEST_FRACTION)  # sweeps report on test scenes
+    assert experiment_config("full", test_fraction=0).data.test_fraction == 0.0
 
 
 def test_experiment_parameters_land_in_their_sections():

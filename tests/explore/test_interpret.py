@@ -80,7 +80,10 @@ def test_ablation_summary_compares_every_run_with_the_reference():
     rows = [{"run": "stages-late", "miou": 0.42}, {"run": "stages-multistage", "miou": 0.30},
             {"run": "stages-none", "miou": 0.36}]
     text = ablation_summary(rows, reference="stages-none", noise=5.0)
-    assert "Best: **stages-late** (42.0 % validation mIoU); worst: **stages-multistage** (30.0 %)" in text
+    assert "Best: **stages-late** (42.0 % test mIoU); worst: **stages-multistage** (30.0 %)" in text
+    assert "on the scenes that chose it (test_fraction=0)" in text  # these rows name no test scenes
+    honest = [{**r, "test_groups": ["scene_03"]} for r in rows]
+    assert "test scenes that neither training nor the choice of step saw" in ablation_summary(honest, "stages-none")
     assert "a spread of 12.0 points" in text
     assert "stages-late is above stages-none (+6.0 points)" in text
     assert "stages-multistage is below stages-none (-6.0 points)" in text

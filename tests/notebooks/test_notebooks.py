@@ -52,10 +52,13 @@ def test_papermill_sweep_of_two_configurations_aggregates(tmp_path):
     rows = aggregate(results)
     assert [r["run"] for r in rows] == ["t-stages-late", "t-stages-none"]
     assert all(r["profile"] == "smoke" for r in rows)
-    for r in rows:  # each result is its run's best validation mIoU
+    for r in rows:  # the step picked on the validation scenes, reported on test scenes it never saw
         summary = json.loads((tmp_path / "runs" / r["run"] / "summary.json").read_text())
-        assert r["miou"] == summary["best_miou"] and r["best_step"] == summary["best_step"]
+        assert r["val_miou"] == summary["best_miou"] and r["best_step"] == summary["best_step"]
+        assert r["test_groups"] and set(r["test_groups"]).isdisjoint(r["train_groups"] + r["val_groups"])
+        assert r["miou"] != r["val_miou"]
     assert rows[0]["stages"] == "late" and rows[0]["fusion"] == "add"
     table = markdown_table(rows)
     assert table.count("\n") == 3 and "| t-stages-late | diffhrnet | late | add |" in table
+    assert f"| {100 * rows[0]['val_miou']:.1f} | {100 * rows[0]['miou']:.1f} |" in table
     assert (tmp_path / "executed" / "t-stages-none.ipynb").exists()
