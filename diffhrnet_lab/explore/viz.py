@@ -207,11 +207,12 @@ def architecture_of(model_or_cfg) -> dict:
     with torch.device("meta"):
         backbone = HRNetBackbone(cfg.variant, 3)
     fused = cfg.method == "diffhrnet"
-    aux = fused and getattr(cfg, "aux_weight", 0.0) > 0
+    residual = fused and bool(getattr(cfg, "residual", False))
+    aux = fused and (getattr(cfg, "aux_weight", 0.0) > 0 or residual)
     return {"variant": cfg.variant, "widths": [list(w) for w in backbone.stage_channels],
             "stages": parse_stages(cfg.stages) if fused else (), "fusion": cfg.fusion if fused else "",
             "head_fusion": fused and getattr(cfg, "head_fusion", 0) > 0, "aux": aux,
-            "logit_fusion": aux and bool(getattr(cfg, "logit_fusion", False))}
+            "logit_fusion": aux and (bool(getattr(cfg, "logit_fusion", False)) or residual)}
 
 
 def plot_architecture(model_or_cfg):

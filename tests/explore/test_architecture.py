@@ -44,6 +44,9 @@ def test_head_options_are_drawn_when_the_model_has_them(bundle):
         assert (_markers(fig, "fusion"), _markers(fig, "head_fusion"), _markers(fig, "logit_fusion")) == (0, 1, 1)
         matplotlib.pyplot.close(fig)
     assert architecture_of(ModelConfig(method="diffhrnet", aux_weight=0.4))["logit_fusion"] is False
+    cfg = ModelConfig(method="diffhrnet", residual=True)  # the pixel classifier as the base
+    built = architecture_of(build_segmenter(cfg, FeatureConfig(), 7, bundle.bands, bundle))
+    assert built["aux"] and built["logit_fusion"] and built == architecture_of(cfg)
 
 
 def test_hrnet_alone_has_no_fusion_and_the_pixel_classifier_no_backbone():
