@@ -26,11 +26,9 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from ..config import PACKAGE_ROOT, ProfileConfig, embedded_dubai_ddpm_dir, embedded_dubai_dir, profile_config, replace
-from ..data.datasets import LabelledTiles, find_pairs, first_per_group, groups_of
-from ..data.io import BandStats, read_mask, read_tile
+from ..data.datasets import find_pairs, first_per_group, groups_of
+from ..data.io import read_mask, read_tile
 from ..data.labels import DUBAI
 from ..errors import DataError
 from ..explore.viz import plot_curves, plot_iou_bars, plot_miou, plot_predictions, plot_tiles_and_masks, save_figure
@@ -140,27 +138,12 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path | None = No
 
 
 def _score_on_test(out: Path, configs: dict[str, ProfileConfig], test_pairs) -> tuple[dict, dict]:
-    """Each method's selected (best) checkpoint on the whole test-scene tiles, once.  DDPM methods get
-    their features the way training and selection did (whole-tile cache, same window and dtype),
-    so the test score measures the model rather than a change of feature path."""
-    from ..features.tile_cache import tile_features
-    from ..inference.evaluate import validate
-    from ..inference.metrics import scores as to_scores
-    from ..models.segmenters import load_segmenter
+    """Each method's selected (best) checkpoint on the whole test-scene tiles, once."""
+    from ..inference.evaluate import score_checkpoint
 
     preds, scores_by = {}, {}
     for key, c in configs.items():
-        model, meta = load_segmenter(out / key / "best", c.features.checkpoint)
-        ds = LabelledTiles(test_pairs, DUBAI, stats=BandStats.from_dict(meta["stats"]))
-        fx = getattr(model, "extractor", None)
-        if fx is not None:
-            fx.cache_dir = Path(c.features.cache_dir)
-            strides = [fx.info[b]["stride"] for _, b in fx.keys]
-            items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
-            ds.attach_features(tile_features(fx, items, window=c.features.cache_window, progress=False,
-                                             dtype=c.features.cache_dtype), strides)
-        cm, p = validate(model, ds, c.train.eval_window, torch.device("cpu"))
-        preds[key], scores_by[key] = p, to_scores(cm, list(DUBAI.classes))
+        _, preds[key], scores_by[key] = score_checkpoint(out / key / "best", test_pairs, c.features, c.train.eval_window)
     return preds, scores_by
 
 

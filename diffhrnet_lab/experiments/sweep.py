@@ -82,13 +82,14 @@ def run_experiment(run: str, profile: str, results_dir: str | os.PathLike = "res
     """Fine-tune one configuration (``label_budget=0``: all training scenes), score its best step
     (picked on the validation scenes) once on the test scenes, and write ``results/<run>.json``:
     ``miou`` is the test score, ``val_miou`` the selection's."""
+    from ..inference.evaluate import score_checkpoint
     from ..training.finetune import finetune
 
     cfg = experiment_config(profile, **params)
     t0 = time.time()
     summary = finetune(cfg, Path(runs_dir) / run, resume="latest", progress=progress)
     _, _, _, test = train_val_test_pairs(cfg.data)
-    best = (score_pairs(Path(runs_dir) / run / "best", test, cfg.train.eval_window, cfg.features.checkpoint or None)
+    best = (score_checkpoint(Path(runs_dir) / run / "best", test, cfg.features, cfg.train.eval_window)[2].as_dict()
             if test else summary.get("best_scores") or {})
     used = {"method": cfg.model.method, "stages": cfg.model.stages, "fusion": cfg.model.fusion,
             "timesteps": list(cfg.features.timesteps), "blocks": list(cfg.features.blocks),
@@ -99,21 +100,6 @@ def run_experiment(run: str, profile: str, results_dir: str | os.PathLike = "res
               "test_groups": sorted({p.group for p in test}), "wall_s": round(time.time() - t0, 1)}
     atomic_write_json(Path(results_dir) / f"{run}.json", result)
     return result
-
-
-def score_pairs(checkpoint: Path, pairs, window: int, ddpm_path: str | None = None) -> dict[str, Any]:
-    """A checkpoint's scores (mIoU, OA, per-class IoU and F1) over whole labelled tiles, in windows."""
-    from ..data.datasets import LabelledTiles
-    from ..data.io import BandStats
-    from ..data.labels import get_scheme
-    from ..inference.evaluate import validate
-    from ..inference.metrics import scores
-    from ..models.segmenters import load_segmenter
-
-    model, meta = load_segmenter(checkpoint, ddpm_path)
-    scheme = get_scheme(meta["scheme"])
-    cm, _ = validate(model, LabelledTiles(list(pairs), scheme, BandStats.from_dict(meta["stats"])), window, "cpu")
-    return scores(cm, list(scheme.classes)).as_dict()
 
 
 def run_sweep(configs: dict[str, dict[str, Any]], profile: str, notebook: str | os.PathLike = "notebooks/experiment.ipynb",

@@ -13,12 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from ..config import ProfileConfig, embedded_dubai_ddpm_dir, replace
-from ..data.datasets import LabelledTiles, first_per_group
-from ..data.io import BandStats
-from ..data.labels import get_scheme
+from ..data.datasets import first_per_group
 from ..experiments.demo import demo_configs, demo_data
 from .notebook import StagePaths
 
@@ -68,23 +64,11 @@ def score_selected(run: ThreeScenes, outs: dict[str, str | Path], device: str = 
     DDPM methods read whole-tile features from the training cache (same window and dtype as
     selection, as the demo's scoring does), so the score measures the model, not a change of
     feature path."""
-    from ..features.tile_cache import tile_features
-    from ..inference.evaluate import validate
-    from ..inference.metrics import scores
-    from ..models.segmenters import load_segmenter
+    from ..inference.evaluate import score_checkpoint
 
-    scheme = get_scheme(run.scheme)
     pairs = run.test_pairs()
     preds, results = {}, {}
     for key, c in run.configs.items():
-        model, meta = load_segmenter(Path(outs[key]) / "best", c.features.checkpoint)
-        ds = LabelledTiles(pairs, scheme, stats=BandStats.from_dict(meta["stats"]))
-        fx = getattr(model, "extractor", None)
-        if fx is not None and c.features.cache:
-            fx.cache_dir = Path(c.features.cache_dir)
-            items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
-            ds.attach_features(tile_features(fx, items, window=c.features.cache_window, progress=False,
-                                             dtype=c.features.cache_dtype), [fx.info[b]["stride"] for _, b in fx.keys])
-        cm, preds[key] = validate(model, ds, c.train.eval_window, torch.device(device))
-        results[key] = (cm, scores(cm, list(scheme.classes)))
+        cm, preds[key], sc = score_checkpoint(Path(outs[key]) / "best", pairs, c.features, c.train.eval_window, device)
+        results[key] = (cm, sc)
     return preds, results, pairs

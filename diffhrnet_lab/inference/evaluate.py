@@ -60,6 +60,31 @@ def validate(model: nn.Module, ds: LabelledTiles, window: int, device, progress:
     return cm, preds
 
 
+def score_checkpoint(checkpoint: str | os.PathLike, pairs: Sequence, features=None, window: int | None = None,
+                     device: str = "cpu") -> tuple[torch.Tensor, list, Any]:
+    """A saved segmenter scored once on whole labelled tiles (``pairs``): the confusion matrix, the
+    predictions and the :class:`~diffhrnet_lab.inference.metrics.Scores`.
+
+    ``features`` (the run's :class:`~diffhrnet_lab.config.FeatureConfig`) names the DDPM bundle;
+    when it caches features, DDPM methods read whole-tile features from that cache, the way
+    training and the choice of its best step did, so the score measures the model and not a change
+    of feature path.  Used wherever a step picked on one scene is reported on another (the demo,
+    notebook 03, the sweeps)."""
+    from ..features.tile_cache import tile_features
+
+    model, meta = load_segmenter(checkpoint, getattr(features, "checkpoint", "") or None)
+    scheme = get_scheme(meta["scheme"])
+    ds = LabelledTiles(list(pairs), scheme, stats=BandStats.from_dict(meta["stats"]))
+    fx = getattr(model, "extractor", None)
+    if fx is not None and features is not None and features.cache:
+        fx.cache_dir = Path(features.cache_dir)
+        items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
+        ds.attach_features(tile_features(fx, items, window=features.cache_window, progress=False,
+                                         dtype=features.cache_dtype), [fx.info[b]["stride"] for _, b in fx.keys])
+    cm, preds = validate(model, ds, window or int(meta.get("eval_window") or 128), torch.device(device))
+    return cm, preds, scores(cm, list(scheme.classes))
+
+
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
              window: int | None = None, ddpm_path: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
     """Predict every tile of ``data`` (``images/`` [+ ``masks/``], or a plain folder of tiles).
