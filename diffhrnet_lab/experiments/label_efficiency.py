@@ -36,9 +36,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import ProfileConfig, profile_config, replace
+from ..config import ModelConfig, ProfileConfig, profile_config, replace
 from ..data.datasets import find_pairs, first_per_group, groups_of
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_csv, atomic_write_json, atomic_write_text, check_writable, markdown_table
 from .methods import check_methods, label, method_model
 
@@ -129,6 +129,7 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
                 for method in le.methods:
                     run = run_dir(out, held_out, method, budget, seed)
                     if (run / "summary.json").exists():
+                        check_same_model(run, method_model(cfg.model, method), method)
                         summary = json.loads((run / "summary.json").read_text())
                     else:
                         print(f"[label-efficiency] {method}, held out {held_out}, {budget} labelled scene(s), seed {seed}")
@@ -159,6 +160,23 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
     save_figure(plot(summary_table, le.confidence), out / "label_efficiency.png")
     print(text)
     return result
+
+
+def check_same_model(run: Path, want, method: str) -> None:
+    """A finished run is reused only if it trained the model ``method`` means now: after a change of
+    the default Diff-HRNet, an old ``diffhrnet`` run must not enter the new table under its name.
+    Fields a run's ``model.json`` lacks (added later) take their defaults."""
+    meta_file = next((run / d / "model.json" for d in ("last", "best") if (run / d / "model.json").is_file()), None)
+    if meta_file is None:
+        return
+    have = ModelConfig(**json.loads(meta_file.read_text())["model"])
+    keys = {"hrnet": ("method", "variant", "head_dropout", "init_timm"),  # what each segmenter is built from
+            "ddpm_mlp": ("method", "finetune_ddpm")}.get(want.method, [f.name for f in dataclasses.fields(want)])
+    diff = {k: (getattr(have, k), getattr(want, k)) for k in keys if getattr(have, k) != getattr(want, k)}
+    if diff:
+        shown = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
+        raise ConfigError(f"{run}: this finished run trained another model than method '{method}' means now "
+                          f"({shown}); rename or move it (or pick another --out) and run again")
 
 
 def run_row(summary: dict[str, Any], method: str, held_out: str, budget: int, seed: int) -> dict[str, Any]:
