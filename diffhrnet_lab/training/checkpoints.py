@@ -48,7 +48,10 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         state.setdefault(int(idx), {})[name] = v
     for idx, d in desc.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(d)
-    opt.load_state_dict({"state": state, "param_groups": desc["param_groups"]})
+    # JSON has no tuples: give back the (beta1, beta2) pair the optimizer was built with
+    groups = [{k: tuple(v) if k == "betas" and isinstance(v, list) else v for k, v in g.items()}
+              for g in desc["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_checkpoint(ckpt_root: Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
@@ -147,15 +150,20 @@ def write_state(d: Path, tensors: dict[str, dict[str, torch.Tensor]], optimizer:
     (d / "state.json").write_text(json.dumps(state, indent=1, default=str))
 
 
-def read_state(d: Path, optimizer: torch.optim.Optimizer, same: dict[str, Any]) -> dict[str, Any]:
+def read_state(d: Path, optimizer: torch.optim.Optimizer, same: dict[str, Any],
+               defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load the optimizer from ``d`` and return its ``state.json``, after checking that every
     setting in ``same`` (``"section.key"`` or ``"key"`` of the saved config → this run's value)
-    matches: resuming with another batch size or seed would silently continue a different run."""
+    matches: resuming with another batch size or seed would silently continue a different run.
+    A setting the checkpoint predates takes its value in ``defaults`` (what the code did then)."""
     state = json.loads((d / "state.json").read_text())
     for dotted, want in same.items():
         have: Any = state["config"]
         for part in dotted.split("."):
+            missing = not isinstance(have, dict) or part not in have
             have = have.get(part) if isinstance(have, dict) else None
+        if missing and dotted in (defaults or {}):
+            have = defaults[dotted]
         if have != want:
             raise ConfigError(f"{d}: checkpoint has {dotted}={have!r} but this run has {want!r}; resume with the "
                               "same settings or start a new output folder")

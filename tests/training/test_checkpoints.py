@@ -40,7 +40,8 @@ def test_write_state_then_read_state_restores_tensors_optimizer_and_state(tmp_pa
     state = read_state(tmp_path, fresh, {"batch_size": 4, "seed": 1, "train.lr": 1e-2})
     assert state == {"step": 3, "config": config}
     a, b = opt.state_dict(), fresh.state_dict()
-    assert json.loads(json.dumps(a["param_groups"])) == b["param_groups"] and b["param_groups"][0]["lr"] == 1e-2
+    assert a["param_groups"] == b["param_groups"] and b["param_groups"][0]["lr"] == 1e-2
+    assert b["param_groups"][0]["betas"] == (0.9, 0.999)  # a tuple again, as AdamW made it
     for idx in a["state"]:
         assert set(a["state"][idx]) == set(b["state"][idx]) == {"step", "exp_avg", "exp_avg_sq"}
         for k in a["state"][idx]:
@@ -69,6 +70,18 @@ def test_read_state_refuses_a_mismatched_setting_naming_it(tmp_path, same, named
     assert str(tmp_path) in str(e.value)
     assert fresh.param_groups[0]["lr"] == 5.0 and not fresh.state  # nothing loaded before the check
     assert before == [0.01]
+
+
+def test_a_setting_the_checkpoint_predates_is_compared_as_its_old_default(tmp_path):
+    _, opt = _stepped_optimizer()
+    write_state(tmp_path, {}, opt, {"step": 3, "config": {"model": {"stages": "late"}}})
+    fresh = lambda: torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=5.0)  # noqa: E731
+    before = {"model.residual": False}
+    assert read_state(tmp_path, fresh(), {"model.stages": "late", "model.residual": False}, before)["step"] == 3
+    with pytest.raises(ConfigError, match="model.residual=False but this run has True"):
+        read_state(tmp_path, fresh(), {"model.residual": True}, before)
+    with pytest.raises(ConfigError, match="model.residual=None"):  # no default given: absent stays absent
+        read_state(tmp_path, fresh(), {"model.residual": False})
 
 
 @pytest.mark.parametrize("fault,killed", [("kill:step:3", True), ("kill:step:4", False),
