@@ -15,7 +15,7 @@ from ..errors import ConfigError
 # the fused model's additions switched off: the variants below name every one they use, so that a
 # variant means the same model whatever the profile's Diff-HRNet defaults are
 _PLAIN = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False, "residual": False,
-          "rgb_lr": 1.0}
+          "detach_base": False, "rgb_lr": 1.0}
 
 # name → (label for tables and plots, ModelConfig changes)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -40,6 +40,10 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
                                                                    "feature_norm": True, "residual": True}),
     "ms_res_slow": ("ms_res, HRNet layers at lr x0.1", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
                                                         "feature_norm": True, "residual": True, "rgb_lr": 0.1}),
+    # round 5: the base trained as the pixel classifier alone is trained, HRNet fitting only what it leaves
+    "ms_res_det": ("ms_res, base on its own loss", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
+                                                    "feature_norm": True, "residual": True, "aux_weight": 1.0,
+                                                    "detach_base": True}),
 }
 
 

@@ -45,7 +45,8 @@ class DiffHRNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, variant: str = "w18_small", extractor=None,
                  stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False,
                  head_dropout: float = 0.1, feature_norm: bool = False, head_fusion: int = 0,
-                 aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False):
+                 aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False,
+                 detach_base: bool = False):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
@@ -57,6 +58,9 @@ class DiffHRNet(nn.Module):
                                                            or residual)
         if logit_fusion and not aux_weight:
             raise ConfigError("model.logit_fusion adds the features-only head's logits: it needs model.aux_weight > 0")
+        if detach_base and not (residual and aux_weight):
+            raise ConfigError("model.detach_base trains the residual model's pixel classifier on its own loss only: "
+                              "it needs model.residual=true and model.aux_weight > 0")
         chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
         self.norm = StreamNorm(chans) if self.uses_streams and feature_norm else None
         self.head_streams = HeadStreams(chans, head_fusion) if self.uses_streams and head_fusion else None
@@ -64,6 +68,8 @@ class DiffHRNet(nn.Module):
         self.head = HRNetV2Head(list(self.backbone.out_channels) + extra, num_classes, dropout=head_dropout)
         self.aux = pixel_mlp(sum(chans), num_classes) if self.uses_streams and (aux_weight or residual) else None
         self.aux_weight, self.logit_fusion = aux_weight, logit_fusion or (residual and self.uses_streams)
+        # the base is then trained exactly as the DDPM pixel classifier is, and HRNet only corrects it
+        self.detach_base = detach_base
         if residual and self.uses_streams:
             # ControlNet's zero convolution: at step 0 the model *is* the pixel classifier, and HRNet
             # only adds what lowers the loss from there (a warm start inside one run)
@@ -114,7 +120,7 @@ class DiffHRNet(nn.Module):
         if self.aux is not None:
             aux = self.aux(upsampled(streams, xp.shape[-2:], xp.dtype))
             if self.logit_fusion:
-                logits = logits + aux
+                logits = logits + (aux.detach() if self.detach_base else aux)
         # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
         self.aux_logits = aux[..., :h, :w] if aux is not None and self.aux_weight and self.training else None
         return logits[..., :h, :w]
@@ -184,7 +190,8 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
     return DiffHRNet(num_classes, bands, model.variant, extractor=fx, stages=model.stages, fusion=model.fusion,
                      finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout,
                      feature_norm=model.feature_norm, head_fusion=model.head_fusion, aux_weight=model.aux_weight,
-                     logit_fusion=model.logit_fusion, residual=model.residual)
+                     logit_fusion=model.logit_fusion, residual=model.residual,
+                     detach_base=model.detach_base)
 
 
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:

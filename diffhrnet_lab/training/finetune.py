@@ -239,14 +239,15 @@ def _write_train_state(d: Path, model: nn.Module, optimizer, step: int, best: di
 
 # model settings added after the first checkpoints were written: what the code did before them
 _BEFORE_THESE_SETTINGS = {"model.feature_norm": False, "model.head_fusion": 0, "model.aux_weight": 0.0,
-                          "model.logit_fusion": False, "model.residual": False, "model.rgb_lr": 1.0}
+                          "model.logit_fusion": False, "model.residual": False, "model.detach_base": False,
+                          "model.rgb_lr": 1.0}
 
 
 def _load_train_state(d: Path, model: nn.Module, optimizer, cfg: ProfileConfig) -> tuple[int, dict, list]:
     same = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, key in (
         ("model", "method"), ("model", "variant"), ("model", "stages"), ("model", "fusion"),
         ("model", "feature_norm"), ("model", "head_fusion"), ("model", "aux_weight"), ("model", "logit_fusion"),
-        ("model", "residual"), ("model", "rgb_lr"),
+        ("model", "residual"), ("model", "detach_base"), ("model", "rgb_lr"),
         ("data", "batch_size"), ("train", "seed"))}
     state = read_state(d, optimizer, same, _BEFORE_THESE_SETTINGS)
     model.load_state_dict(load_tensors(d / "model.safetensors"), strict=False)

@@ -275,3 +275,21 @@ def test_train_step_applies_each_groups_learning_rate_factor():
                Accelerator(cpu=True), 0.5, None, 255)
     torch.testing.assert_close(a.detach(), 0.1 * b.detach())  # same gradient, a tenth of the step
     assert b[0] > 0 and [g["lr"] for g in opt.param_groups] == [0.05, 0.5]
+
+
+def test_detached_base_learns_only_from_its_own_loss(fx):
+    """``model.detach_base``: the fused loss moves HRNet, not the pixel-classifier base; the base's
+    own loss (aux_weight) moves the base, not HRNet."""
+    from diffhrnet_lab.errors import ConfigError
+
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="none", feature_norm=True, residual=True, aux_weight=1.0,
+                  detach_base=True).train()
+    x = torch.randn(1, 4, 64, 64)
+    m(x).logsumexp(1).mean().backward(retain_graph=True)
+    assert m.aux[0].weight.grad is None and m.head.classify.weight.grad.abs().sum() > 0
+    m.zero_grad(set_to_none=True)
+    m.aux_logits.logsumexp(1).mean().backward()
+    assert m.aux[0].weight.grad.abs().sum() > 0 and m.head.classify.weight.grad is None
+    with pytest.raises(ConfigError, match="needs model.residual=true and model.aux_weight > 0"):
+        DiffHRNet(5, 4, "w18_small", fx, stages="none", residual=True, detach_base=True)
