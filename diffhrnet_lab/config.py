@@ -174,7 +174,7 @@ class ModelConfig:
     head_fusion: int = 0  # >0: every stream, projected to this many channels, also enters the head at 1/4
     aux_weight: float = 0.0  # >0: a features-only pixel classifier beside HRNet, its loss weighted so (deep supervision)
     logit_fusion: bool = False  # add that classifier's logits to HRNet's (needs aux_weight > 0)
-    residual: bool = False  # start as the pixel classifier: its logits + HRNet's, HRNet's classifier zero at step 0
+    residual: bool = True  # start as the pixel classifier: its logits + HRNet's, HRNet's classifier zero at step 0 (BENCHMARKS.md)
     detach_base: bool = False  # residual: that classifier learns from its own loss only (aux_weight), HRNet from the sum
     rgb_lr: float = 1.0  # learning-rate factor of HRNet's own layers (backbone, head) in the fused model
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file

@@ -31,7 +31,8 @@ def test_one_marker_per_fusion_point_of_the_built_model(bundle, stages, points):
     for source in (model, cfg):  # the model itself, or the config it is built from
         fig = plot_architecture(source)
         assert _markers(fig, "fusion") == points
-        assert _markers(fig, "head_fusion") == 0 and _markers(fig, "logit_fusion") == 0
+        # the default residual model adds the pixel classifier's logits at the output
+        assert _markers(fig, "head_fusion") == 0 and _markers(fig, "logit_fusion") == 1
         matplotlib.pyplot.close(fig)
 
 
@@ -43,7 +44,7 @@ def test_head_options_are_drawn_when_the_model_has_them(bundle):
         fig = plot_architecture(source)
         assert (_markers(fig, "fusion"), _markers(fig, "head_fusion"), _markers(fig, "logit_fusion")) == (0, 1, 1)
         matplotlib.pyplot.close(fig)
-    assert architecture_of(ModelConfig(method="diffhrnet", aux_weight=0.4))["logit_fusion"] is False
+    assert architecture_of(ModelConfig(method="diffhrnet", aux_weight=0.4, residual=False))["logit_fusion"] is False
     cfg = ModelConfig(method="diffhrnet", residual=True)  # the pixel classifier as the base
     built = architecture_of(build_segmenter(cfg, FeatureConfig(), 7, bundle.bands, bundle))
     assert built["aux"] and built["logit_fusion"] and built == architecture_of(cfg)
