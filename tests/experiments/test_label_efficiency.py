@@ -33,9 +33,9 @@ def test_label_efficiency_command_on_dubai_runs_every_method_and_skips_finished_
     assert "[finetune]" not in again and "seed 0" not in again and "| diffhrnet |" in again
     assert (out / "runs" / "Tile_1" / "diffhrnet_b1_s0" / "summary.json").stat().st_mtime_ns == stamp
     # a finished run of another model than the method now means is not reused under its name
-    assert main([*args, "--set", "model.residual=true"]) == 2
+    assert main([*args, "--set", "model.residual=false"]) == 2
     err = capsys.readouterr().err
-    assert "diffhrnet_b1_s0: this finished run trained another model" in err and "residual False (now True)" in err
+    assert "diffhrnet_b1_s0: this finished run trained another model" in err and "residual True (now False)" in err
     assert main([*args, "--set", "label_efficiency.held_out=Tile_9"]) == 2
     assert "held-out scene 'Tile_9' not found" in capsys.readouterr().err
     assert main([*args, "--set", "label_efficiency.budgets=4"]) == 2
