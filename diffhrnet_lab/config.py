@@ -180,6 +180,12 @@ class ModelConfig:
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
 
 
+# ModelConfig fields added after the first checkpoints and runs were written, with what the code did
+# before each existed: a saved config that lacks one meant this (resume checks, reused runs)
+MODEL_FIELDS_BEFORE = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False,
+                       "residual": False, "detach_base": False, "rgb_lr": 1.0}
+
+
 @dataclass
 class TrainConfig:
     """Fine-tuning on the labelled tiles (mmsegmentation-style poly LR, CE with ignore index)."""

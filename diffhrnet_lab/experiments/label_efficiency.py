@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import ModelConfig, ProfileConfig, profile_config, replace
+from ..config import MODEL_FIELDS_BEFORE, ModelConfig, ProfileConfig, profile_config, replace
 from ..data.datasets import find_pairs, first_per_group, groups_of
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_csv, atomic_write_json, atomic_write_text, check_writable, markdown_table
@@ -165,11 +165,11 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
 def check_same_model(run: Path, want, method: str) -> None:
     """A finished run is reused only if it trained the model ``method`` means now: after a change of
     the default Diff-HRNet, an old ``diffhrnet`` run must not enter the new table under its name.
-    Fields a run's ``model.json`` lacks (added later) take their defaults."""
+    Fields a run's ``model.json`` lacks (added later) mean what the code did before them."""
     meta_file = next((run / d / "model.json" for d in ("last", "best") if (run / d / "model.json").is_file()), None)
     if meta_file is None:
         return
-    have = ModelConfig(**json.loads(meta_file.read_text())["model"])
+    have = ModelConfig(**{**MODEL_FIELDS_BEFORE, **json.loads(meta_file.read_text())["model"]})
     keys = {"hrnet": ("method", "variant", "head_dropout", "init_timm"),  # what each segmenter is built from
             "ddpm_mlp": ("method", "finetune_ddpm")}.get(want.method, [f.name for f in dataclasses.fields(want)])
     diff = {k: (getattr(have, k), getattr(want, k)) for k in keys if getattr(have, k) != getattr(want, k)}

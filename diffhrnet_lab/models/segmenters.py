@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import FeatureConfig, ModelConfig, embedded_ddpm_dir
+from ..config import MODEL_FIELDS_BEFORE, FeatureConfig, ModelConfig, embedded_ddpm_dir
 from ..data.tiling import pad_to
 from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError, DataError
@@ -228,7 +228,8 @@ def load_segmenter(path: str | os.PathLike, ddpm_path: str | os.PathLike | None 
         state = load_file(str(weights))
     except (SafetensorError, ValueError, OSError) as exc:
         raise DataError(f"{weights.parent}: corrupt checkpoint ({str(exc)[:150]})") from None
-    mc, fc = ModelConfig(**meta["model"]), FeatureConfig(**{**meta["features"], "timesteps": tuple(meta["features"]["timesteps"]),
+    # a checkpoint that predates a model field was trained without what it adds
+    mc, fc = ModelConfig(**{**MODEL_FIELDS_BEFORE, **meta["model"]}), FeatureConfig(**{**meta["features"], "timesteps": tuple(meta["features"]["timesteps"]),
                                                             "blocks": tuple(meta["features"]["blocks"])})
     for key, want in (expect or {}).items():
         have = meta["num_classes"] if key == "num_classes" else getattr(mc, key, meta.get(key))

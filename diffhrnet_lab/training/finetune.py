@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..config import FeatureConfig, ProfileConfig, embedded_ddpm_dir
+from ..config import MODEL_FIELDS_BEFORE, FeatureConfig, ProfileConfig, embedded_ddpm_dir
 from ..data.datasets import LabelledTiles, label_budget, only_groups
 from ..data.io import compute_band_stats
 from ..data.layouts import train_val_pairs
@@ -237,19 +237,13 @@ def _write_train_state(d: Path, model: nn.Module, optimizer, step: int, best: di
                 {"step": step, "best": best, "history": history, "config": asdict(cfg)})
 
 
-# model settings added after the first checkpoints were written: what the code did before them
-_BEFORE_THESE_SETTINGS = {"model.feature_norm": False, "model.head_fusion": 0, "model.aux_weight": 0.0,
-                          "model.logit_fusion": False, "model.residual": False, "model.detach_base": False,
-                          "model.rgb_lr": 1.0}
-
-
 def _load_train_state(d: Path, model: nn.Module, optimizer, cfg: ProfileConfig) -> tuple[int, dict, list]:
     same = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, key in (
         ("model", "method"), ("model", "variant"), ("model", "stages"), ("model", "fusion"),
         ("model", "feature_norm"), ("model", "head_fusion"), ("model", "aux_weight"), ("model", "logit_fusion"),
         ("model", "residual"), ("model", "detach_base"), ("model", "rgb_lr"),
         ("data", "batch_size"), ("train", "seed"))}
-    state = read_state(d, optimizer, same, _BEFORE_THESE_SETTINGS)
+    state = read_state(d, optimizer, same, {f"model.{k}": v for k, v in MODEL_FIELDS_BEFORE.items()})
     model.load_state_dict(load_tensors(d / "model.safetensors"), strict=False)
     torch.set_rng_state(load_tensors(d / "rng.safetensors")["torch"])
     return int(state["step"]), state["best"], state["history"]

@@ -69,3 +69,23 @@ def test_label_efficiency_run_config_holds_out_the_scene_and_scores_only_at_the_
     assert c.features.cache_dir == str(tmp_path / "fc")
     cfg.features = replace(cfg.features, cache_dir="/elsewhere")
     assert run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "fc", "hrnet", 1, 0, "Tile_1").features.cache_dir == "/elsewhere"
+
+
+def test_a_finished_run_from_before_a_model_field_is_compared_as_what_it_trained(tmp_path):
+    """A run whose model.json predates ``model.residual`` trained a plain fused model: it is reused as
+    ``ms_norm`` (the old default) and refused as today's ``diffhrnet``."""
+    import json
+
+    from diffhrnet_lab.config import ModelConfig
+    from diffhrnet_lab.errors import ConfigError
+    from diffhrnet_lab.experiments.label_efficiency import check_same_model
+    from diffhrnet_lab.experiments.methods import method_model
+
+    run = tmp_path / "ms_norm_b1_s0"
+    (run / "last").mkdir(parents=True)
+    saved = {k: v for k, v in method_model(ModelConfig(), "ms_norm").__dict__.items()
+             if k not in ("residual", "detach_base", "rgb_lr")}
+    (run / "last" / "model.json").write_text(json.dumps({"model": saved}))
+    check_same_model(run, method_model(ModelConfig(), "ms_norm"), "ms_norm")  # no error
+    with pytest.raises(ConfigError, match=r"residual False \(now True\)"):
+        check_same_model(run, method_model(ModelConfig(), "diffhrnet"), "diffhrnet")

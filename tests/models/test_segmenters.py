@@ -293,3 +293,24 @@ def test_detached_base_learns_only_from_its_own_loss(fx):
     assert m.aux[0].weight.grad.abs().sum() > 0 and m.head.classify.weight.grad is None
     with pytest.raises(ConfigError, match="needs model.residual=true and model.aux_weight > 0"):
         DiffHRNet(5, 4, "w18_small", fx, stages="none", residual=True, detach_base=True)
+
+
+def test_a_checkpoint_that_predates_a_model_field_loads_as_the_model_it_was(trained, tmp_path):
+    """Checkpoints written before ``model.residual`` existed are plain fused models, whatever the
+    default is now; the same weights claimed as a residual model are refused (the base is missing)."""
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    meta = json.loads((old / "model.json").read_text())
+    assert meta["model"]["residual"] is True  # the fixture is trained with today's default
+    del meta["model"]["residual"]
+    (old / "model.json").write_text(json.dumps(meta))
+    state = {k: v for k, v in load_file(str(old / "model.safetensors")).items() if not k.startswith("aux.")}
+    save_file(state, str(old / "model.safetensors"))
+    model, _ = load_segmenter(old)
+    assert model.aux is None and not model.logit_fusion
+    meta["model"]["residual"] = True
+    (old / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"missing \['aux\."):
+        load_segmenter(old)
