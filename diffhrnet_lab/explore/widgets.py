@@ -71,17 +71,21 @@ def feature_explorer(atlas: FeatureAtlas):
     out = W.Output()
 
     def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-            axes[0].imshow(to_rgb(atlas.tiles[tile.value].numpy()))
-            axes[1].imshow(atlas.pca(tile.value, t_slider.value, block.value), interpolation="nearest")
-            axes[2].imshow(atlas.clusters(tile.value, t_slider.value, block.value), cmap="tab10", interpolation="nearest")
-            for ax, title in zip(axes, ("tile", f"PCA, t={t_slider.value}, block {block.value}", "k-means (6)")):
-                ax.set_title(title, fontsize=9)
-                ax.axis("off")
-            fig.tight_layout()
-            plt.show(fig)
+        # The figure is set as the Output widget's content rather than shown inside ``with out:``:
+        # capturing into an Output widget while a headless client (papermill, nbconvert: nbclient)
+        # executes the cell can leave that client waiting forever (jupyter/nbclient#312), which
+        # hung `make notebooks` here; the widget looks and redraws the same in JupyterLab and Colab.
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+        axes[0].imshow(to_rgb(atlas.tiles[tile.value].numpy()))
+        axes[1].imshow(atlas.pca(tile.value, t_slider.value, block.value), interpolation="nearest")
+        axes[2].imshow(atlas.clusters(tile.value, t_slider.value, block.value), cmap="tab10", interpolation="nearest")
+        for ax, title in zip(axes, ("tile", f"PCA, t={t_slider.value}, block {block.value}", "k-means (6)")):
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        out.outputs = ()
+        out.append_display_data(fig)
+        plt.close(fig)
 
     for w in (t_slider, block, tile):
         w.observe(draw, names="value")
