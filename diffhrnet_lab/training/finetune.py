@@ -240,9 +240,7 @@ def _write_train_state(d: Path, model: nn.Module, optimizer, step: int, best: di
 def _load_train_state(d: Path, model: nn.Module, optimizer, cfg: ProfileConfig) -> tuple[int, dict, list]:
     same = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, key in (
         ("model", "method"), ("model", "variant"), ("model", "stages"), ("model", "fusion"),
-        ("model", "feature_norm"), ("model", "head_fusion"), ("model", "aux_weight"), ("model", "logit_fusion"),
-        ("model", "residual"), ("model", "detach_base"), ("model", "rgb_lr"),
-        ("data", "batch_size"), ("train", "seed"))}
+        *(("model", k) for k in MODEL_FIELDS_BEFORE), ("data", "batch_size"), ("train", "seed"))}
     state = read_state(d, optimizer, same, {f"model.{k}": v for k, v in MODEL_FIELDS_BEFORE.items()})
     model.load_state_dict(load_tensors(d / "model.safetensors"), strict=False)
     torch.set_rng_state(load_tensors(d / "rng.safetensors")["torch"])
