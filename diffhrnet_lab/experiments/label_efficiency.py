@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -135,6 +136,7 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
                         print(f"[label-efficiency] {method}, held out {held_out}, {budget} labelled scene(s), seed {seed}")
                         summary = finetune(run_config(cfg, root, bundle, out / "feature_cache", method, budget, seed,
                                                       held_out), run, resume="latest", progress=progress)
+                        drop_resume_state(run)
                     row = run_row(summary, method, held_out, budget, seed)
                     classes = classes or list(row["iou"])
                     rows.append(row)
@@ -160,6 +162,14 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
     save_figure(plot(summary_table, le.confidence), out / "label_efficiency.png")
     print(text)
     return result
+
+
+def drop_resume_state(run: Path) -> None:
+    """Delete a finished run's ``checkpoints/``: they exist to resume an interrupted run, and a run of
+    a fixed budget is never extended.  They are three quarters of its disk (two steps of weights and
+    Adam moments: 149 MB of a 187 MB Diff-HRNet run in the quick profile, 14 GB of a 96-run
+    rotation).  ``best/``, ``last/``, ``history.csv`` and ``summary.json`` stay."""
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
 
 def check_same_model(run: Path, want, method: str) -> None:

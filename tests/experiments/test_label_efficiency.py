@@ -23,6 +23,8 @@ def test_label_efficiency_command_on_dubai_runs_every_method_and_skips_finished_
     for r in result["rows"]:  # each row's mIoU is its run's score on the held-out scene
         summary = json.loads((out / "runs" / "Tile_1" / f"{r['method']}_b1_s0" / "summary.json").read_text())
         assert r["miou"] == summary["best_miou"] and summary["val_groups"] == ["Tile_1"]
+        run = out / "runs" / "Tile_1" / f"{r['method']}_b1_s0"  # resume state dropped, weights kept
+        assert not (run / "checkpoints").exists() and (run / "best" / "model.safetensors").is_file()
     assert (out / "ddpm" / "final" / "ddpm.json").exists()  # pretrained on the pool of all scenes
     assert len(list((out / "feature_cache").rglob("*.safetensors"))) == 2  # 1 image x (held-out + 1 scene)
     assert (out / "label_efficiency.png").stat().st_size > 5000 and "| diffhrnet |" in (out / "table.md").read_text()
