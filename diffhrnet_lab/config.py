@@ -177,13 +177,15 @@ class ModelConfig:
     residual: bool = True  # start as the pixel classifier: its logits + HRNet's, HRNet's classifier zero at step 0 (BENCHMARKS.md)
     detach_base: bool = False  # residual: that classifier learns from its own loss only (aux_weight), HRNet from the sum
     rgb_lr: float = 1.0  # learning-rate factor of HRNet's own layers (backbone, head) in the fused model
+    rgb_dropout: float = 0.0  # fused model: chance HRNet's image input is zeroed per training sample; 1: never sees RGB
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
 
 
 # ModelConfig fields added after the first checkpoints and runs were written, with what the code did
 # before each existed: a saved config that lacks one meant this (resume checks, reused runs)
 MODEL_FIELDS_BEFORE = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False,
-                       "residual": False, "detach_base": False, "rgb_lr": 1.0}
+                       "residual": False, "detach_base": False, "rgb_lr": 1.0,
+                       "rgb_dropout": 0.0}
 
 
 @dataclass

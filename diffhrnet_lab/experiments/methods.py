@@ -15,7 +15,7 @@ from ..errors import ConfigError
 # the fused model's additions switched off: the variants below name every one they use, so that a
 # variant means the same model whatever the profile's Diff-HRNet defaults are
 _PLAIN = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False, "residual": False,
-          "detach_base": False, "rgb_lr": 1.0}
+          "detach_base": False, "rgb_lr": 1.0, "rgb_dropout": 0.0}
 
 # name → (label for tables and plots, ModelConfig changes)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -44,6 +44,12 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ms_res_det": ("ms_res, base on its own loss", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
                                                     "feature_norm": True, "residual": True, "aux_weight": 1.0,
                                                     "detach_base": True}),
+    # round 6: HRNet's correction from the features alone, or from them with the image often missing
+    "ms_res_feat": ("ms_res, HRNet without the image", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
+                                                        "feature_norm": True, "residual": True, "rgb_dropout": 1.0}),
+    "ms_res_rdrop": ("ms_res, image dropped for half the samples", {**_PLAIN, "method": "diffhrnet",
+                                                                    "stages": "multistage", "feature_norm": True,
+                                                                    "residual": True, "rgb_dropout": 0.5}),
 }
 
 

@@ -46,7 +46,7 @@ class DiffHRNet(nn.Module):
                  stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False,
                  head_dropout: float = 0.1, feature_norm: bool = False, head_fusion: int = 0,
                  aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False,
-                 detach_base: bool = False):
+                 detach_base: bool = False, rgb_dropout: float = 0.0):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
@@ -61,6 +61,14 @@ class DiffHRNet(nn.Module):
         if detach_base and not (residual and aux_weight):
             raise ConfigError("model.detach_base trains the residual model's pixel classifier on its own loss only: "
                               "it needs model.residual=true and model.aux_weight > 0")
+        if not 0.0 <= rgb_dropout <= 1.0:
+            raise ConfigError(f"model.rgb_dropout is a probability, got {rgb_dropout}")
+        if rgb_dropout and not (self.uses_streams and self.stages):
+            raise ConfigError("model.rgb_dropout hides the image from HRNet so that it works from the fused DDPM "
+                              "features: it needs method diffhrnet with fusion stages (model.stages)")
+        # modality dropout (round 6 of BENCHMARKS.md): HRNet fitted on one scene's colours does not
+        # carry to another; without the image its correction is spatial context over the features
+        self.rgb_dropout = rgb_dropout
         chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
         self.norm = StreamNorm(chans) if self.uses_streams and feature_norm else None
         self.head_streams = HeadStreams(chans, head_fusion) if self.uses_streams and head_fusion else None
@@ -113,7 +121,7 @@ class DiffHRNet(nn.Module):
                     return branches
                 return [self.points[f"s{stage}b{i}"](b, streams) for i, b in enumerate(branches)]
 
-        branches = self.backbone(xp, fuse if self.stages else None)
+        branches = self.backbone(self.image_input(xp), fuse if self.stages else None)
         if self.head_streams is not None:
             branches = [*branches, self.head_streams(streams, branches[0].shape[-2:])]
         logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
@@ -124,6 +132,16 @@ class DiffHRNet(nn.Module):
         # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
         self.aux_logits = aux[..., :h, :w] if aux is not None and self.aux_weight and self.training else None
         return logits[..., :h, :w]
+
+    def image_input(self, x: torch.Tensor) -> torch.Tensor:
+        """HRNet's input: the image, zeroed per sample with probability ``rgb_dropout`` in training,
+        always zeroed when it is 1 (so training and scoring see the same model)."""
+        if self.rgb_dropout >= 1.0:
+            return torch.zeros_like(x)
+        if self.rgb_dropout and self.training:
+            keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.rgb_dropout
+            return x * keep.to(x.dtype)
+        return x
 
     def param_groups(self, rgb_lr: float = 1.0) -> list[dict]:
         """Trainable parameters for the optimiser; HRNet's own layers (backbone, head) get the
@@ -191,7 +209,7 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
                      finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout,
                      feature_norm=model.feature_norm, head_fusion=model.head_fusion, aux_weight=model.aux_weight,
                      logit_fusion=model.logit_fusion, residual=model.residual,
-                     detach_base=model.detach_base)
+                     detach_base=model.detach_base, rgb_dropout=model.rgb_dropout)
 
 
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:

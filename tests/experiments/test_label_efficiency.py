@@ -86,7 +86,7 @@ def test_a_finished_run_from_before_a_model_field_is_compared_as_what_it_trained
     run = tmp_path / "ms_norm_b1_s0"
     (run / "last").mkdir(parents=True)
     saved = {k: v for k, v in method_model(ModelConfig(), "ms_norm").__dict__.items()
-             if k not in ("residual", "detach_base", "rgb_lr")}
+             if k not in ("residual", "detach_base", "rgb_lr", "rgb_dropout")}
     (run / "last" / "model.json").write_text(json.dumps({"model": saved}))
     check_same_model(run, method_model(ModelConfig(), "ms_norm"), "ms_norm")  # no error
     with pytest.raises(ConfigError, match=r"residual False \(now True\)"):

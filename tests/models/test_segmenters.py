@@ -314,3 +314,35 @@ def test_a_checkpoint_that_predates_a_model_field_loads_as_the_model_it_was(trai
     (old / "model.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"missing \['aux\."):
         load_segmenter(old)
+
+
+def test_rgb_dropout_hides_the_image_from_hrnet_but_not_from_the_ddpm(fx):
+    """``model.rgb_dropout``: at 1, HRNet never sees the image (training or scoring), so with the DDPM
+    streams fixed the logits do not depend on it; at 0.5, a seeded half of the training samples
+    reach HRNet as zeros, and scoring sees every image."""
+    from diffhrnet_lab.errors import ConfigError
+
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(2, 4, 64, 64), torch.randn(2, 4, 64, 64)
+    m = DiffHRNet(5, 4, "w18_small", fx, feature_norm=True, residual=True, rgb_dropout=1.0).eval()
+    nn_init = torch.nn.init
+    nn_init.normal_(m.head.classify.weight)  # a trained-looking correction, not the zero start
+    with torch.no_grad():
+        streams = m.ddpm_streams(x1)
+        torch.testing.assert_close(m(x1, streams), m(x2, streams))
+        full = DiffHRNet(5, 4, "w18_small", fx, feature_norm=True, residual=True).eval()
+        full.load_state_dict(m.state_dict())
+        assert not torch.allclose(full(x1, streams), full(x2, streams))  # the image matters without dropout
+    half = DiffHRNet(5, 4, "w18_small", fx, feature_norm=True, residual=True, rgb_dropout=0.5).train()
+    x = torch.ones(64, 1, 2, 2)
+    torch.manual_seed(3)
+    kept = half.image_input(x)
+    torch.manual_seed(3)
+    expect = (torch.rand(64, 1, 1, 1) >= 0.5).float().expand(64, 1, 2, 2)
+    torch.testing.assert_close(kept, expect)
+    assert 16 < kept[:, 0, 0, 0].sum() < 48  # some of each
+    assert torch.equal(half.eval().image_input(x), x)
+    with pytest.raises(ConfigError, match="needs method diffhrnet with fusion stages"):
+        DiffHRNet(5, 4, "w18_small", fx, stages="none", residual=True, rgb_dropout=1.0)
+    with pytest.raises(ConfigError, match="is a probability, got 1.5"):
+        DiffHRNet(5, 4, "w18_small", fx, rgb_dropout=1.5)
