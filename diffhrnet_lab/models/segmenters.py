@@ -110,16 +110,18 @@ class DiffHRNet(nn.Module):
         """``streams``: the extractor's features of ``x`` computed beforehand (one per key, at block
         resolution); without them they are computed here."""
         xp, h, w = pad_to(x, 32)
-        fuse, aux = None, None  # fuse: the backbone's per-stage hook, set when streams exist
+        aux = None
+        fuse = None  # the backbone's per-stage hook, when streams exist
         if self.uses_streams:
             streams = self.ddpm_streams(xp) if streams is None else self.cached_streams(streams, xp.shape[-2:])
             if self.norm is not None:
                 streams = self.norm(streams)
 
-            def fuse(stage: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
+            def fuse_stage(stage: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
                 if stage not in self.stages:
                     return branches
                 return [self.points[f"s{stage}b{i}"](b, streams) for i, b in enumerate(branches)]
+            fuse = fuse_stage
 
         branches = self.backbone(self.image_input(xp), fuse if self.stages else None)
         if self.head_streams is not None:
