@@ -201,7 +201,8 @@ def architecture_of(model_or_cfg) -> dict:
                 "stages": tuple(cfg.stages), "fusion": getattr(cfg, "fusion_op", ""),
                 "head_fusion": uses and getattr(cfg, "head_streams", None) is not None,
                 "aux": uses and getattr(cfg, "aux", None) is not None,
-                "logit_fusion": uses and getattr(cfg, "aux", None) is not None and bool(getattr(cfg, "logit_fusion", False))}
+                "logit_fusion": uses and getattr(cfg, "aux", None) is not None and bool(getattr(cfg, "logit_fusion", False)),
+                "image": 1.0 - (getattr(cfg, "rgb_dropout", 0.0) if uses else 0.0)}
     if cfg.method == "ddpm_mlp":
         raise ConfigError("method ddpm_mlp has no HRNet backbone to draw (DDPM features alone)")
     with torch.device("meta"):
@@ -212,14 +213,17 @@ def architecture_of(model_or_cfg) -> dict:
     return {"variant": cfg.variant, "widths": [list(w) for w in backbone.stage_channels],
             "stages": parse_stages(cfg.stages) if fused else (), "fusion": cfg.fusion if fused else "",
             "head_fusion": fused and getattr(cfg, "head_fusion", 0) > 0, "aux": aux,
-            "logit_fusion": aux and (bool(getattr(cfg, "logit_fusion", False)) or residual)}
+            "logit_fusion": aux and (bool(getattr(cfg, "logit_fusion", False)) or residual),
+            "image": 1.0 - (getattr(cfg, "rgb_dropout", 0.0) if fused else 0.0)}
 
 
 def plot_architecture(model_or_cfg):
     """HRNet's four resolution streams (1/4 … 1/32) as lanes over stages 1-4, with a marker (gid
     ``fusion``) wherever DDPM features enter a branch, and the head: streams into the head at 1/4
     (gid ``head_fusion``) and the features-only pixel classifier whose logits are added (gid
-    ``logit_fusion``) when the model has them.  Drawn from the model or config, so it follows them."""
+    ``logit_fusion``) when the model has them, and what HRNet's stem is given (gid ``image_input``:
+    the image, or zeros when ``model.rgb_dropout`` is 1).  Drawn from the model or config, so it
+    follows them."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
@@ -239,6 +243,12 @@ def plot_architecture(model_or_cfg):
     for lane in range(4):
         ax.text(-0.85, lane, f"1/{4 * 2 ** lane}", ha="left", va="center", fontsize=9, weight="bold")
     box(-0.2, 0, "stem\n(÷4)", "#eeeeee", w=0.5)
+    # HRNet's input (model.rgb_dropout): the image, the image in some training samples, or zeros
+    seen = arch.get("image", 1.0)
+    image_text = ("image" if seen >= 1.0 else f"image in {seen:.0%}\nof training samples" if seen > 0
+                  else "no image:\nfeatures only")
+    ax.text(-0.2, -0.75, image_text, ha="center", va="center", fontsize=7.5, gid="image_input",
+            color="k" if seen > 0 else "tab:red")
     arrow(0.05, 0, 1 - box_w / 2, 0)
     for s, widths in enumerate(arch["widths"], start=1):
         ax.text(s, -0.55, f"stage {s}", ha="center", fontsize=9)

@@ -63,11 +63,12 @@ class DiffHRNet(nn.Module):
                               "it needs model.residual=true and model.aux_weight > 0")
         if not 0.0 <= rgb_dropout <= 1.0:
             raise ConfigError(f"model.rgb_dropout is a probability, got {rgb_dropout}")
-        if rgb_dropout and not (self.uses_streams and self.stages):
-            raise ConfigError("model.rgb_dropout hides the image from HRNet so that it works from the fused DDPM "
-                              "features: it needs method diffhrnet with fusion stages (model.stages)")
-        # modality dropout (round 6 of BENCHMARKS.md): HRNet fitted on one scene's colours does not
-        # carry to another; without the image its correction is spatial context over the features
+        if rgb_dropout and not self.uses_streams:
+            raise ConfigError("model.rgb_dropout hides the image from HRNet so that it works from the DDPM "
+                              "features: without features (method hrnet, or no extractor) it would see nothing")
+        # round 6 of BENCHMARKS.md: HRNet fitted on one or two scenes' colours does not carry to
+        # another; without the image its residual correction is spatial context over the fused
+        # features (with no fusion stages it adds only a per-class constant to the pixel classifier)
         self.rgb_dropout = rgb_dropout
         chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
         self.norm = StreamNorm(chans) if self.uses_streams and feature_norm else None

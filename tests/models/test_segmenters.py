@@ -342,7 +342,7 @@ def test_rgb_dropout_hides_the_image_from_hrnet_but_not_from_the_ddpm(fx):
     torch.testing.assert_close(kept, expect)
     assert 16 < kept[:, 0, 0, 0].sum() < 48  # some of each
     assert torch.equal(half.eval().image_input(x), x)
-    with pytest.raises(ConfigError, match="needs method diffhrnet with fusion stages"):
-        DiffHRNet(5, 4, "w18_small", fx, stages="none", residual=True, rgb_dropout=1.0)
+    with pytest.raises(ConfigError, match="without features .* it would see nothing"):
+        DiffHRNet(5, 4, "w18_small", None, rgb_dropout=1.0)
     with pytest.raises(ConfigError, match="is a probability, got 1.5"):
         DiffHRNet(5, 4, "w18_small", fx, rgb_dropout=1.5)
