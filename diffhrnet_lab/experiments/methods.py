@@ -50,6 +50,10 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ms_res_rdrop": ("ms_res, image dropped for half the samples", {**_PLAIN, "method": "diffhrnet",
                                                                     "stages": "multistage", "feature_norm": True,
                                                                     "residual": True, "rgb_dropout": 0.5}),
+    # round 7: the features-only correction, with the base also trained on its own loss (deep supervision)
+    "ms_feat_aux": ("ms_res_feat + base's own loss (0.4)", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
+                                                           "feature_norm": True, "residual": True,
+                                                           "rgb_dropout": 1.0, "aux_weight": 0.4}),
 }
 
 
