@@ -333,7 +333,9 @@ def plot(table: Sequence[dict[str, Any]], confidence: float = 0.95):
         ax.set_xlabel("labelled training scenes")
         ax.set_ylabel(ylabel)
         ax.set_xticks(budgets)
-    axes[0].legend(fontsize=8)
+    # one legend under the panels: inside a panel it hides the points it names
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 3), fontsize=8, frameon=False)
     fig.suptitle(f"mean over (fold, seed) runs; bars: paired bootstrap {round(100 * confidence)} % interval", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * ((len(names) + 2) // 3), 1, 1))
     return fig
