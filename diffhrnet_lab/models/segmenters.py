@@ -28,7 +28,7 @@ from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError, DataError
 from ..features.extractor import FeatureExtractor, file_hash
 from ..fileio import atomic_dir, atomic_write_json
-from .fusion import FusionPoint, HeadStreams, StreamNorm, parse_stages, pixel_mlp, upsampled
+from .fusion import FusionPoint, HeadStreams, StreamNorm, parse_stages, pixel_mlp
 from .hrnet import HRNetBackbone, HRNetV2Head
 
 SEGMENTERS = ("hrnet", "diffhrnet", "ddpm_mlp")
@@ -129,7 +129,7 @@ class DiffHRNet(nn.Module):
             branches = [*branches, self.head_streams(streams, branches[0].shape[-2:])]
         logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
         if self.aux is not None:
-            aux = self.aux(upsampled(streams, xp.shape[-2:], xp.dtype))
+            aux = self.aux.classify_streams(streams, xp.shape[-2:], xp.dtype)
             if self.logit_fusion:
                 logits = logits + (aux.detach() if self.detach_base else aux)
         # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
@@ -186,7 +186,7 @@ class DDPMPixelClassifier(nn.Module):
             with torch.set_grad_enabled(self.finetune_ddpm and torch.is_grad_enabled()):
                 feats = self.extractor.compute(x)
             streams = [feats[k] for k in self.extractor.keys]
-        return self.mlp(upsampled(streams, x.shape[-2:], x.dtype))
+        return self.mlp.classify_streams(streams, x.shape[-2:], x.dtype)
 
     trainable_state_dict = DiffHRNet.trainable_state_dict
 

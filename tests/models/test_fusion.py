@@ -113,3 +113,23 @@ def test_head_streams_project_and_resize_every_stream_to_the_head_resolution():
     assert out.shape == (1, 2, 2, 2) and h.width == 2
     torch.testing.assert_close(out[0, 0], EPS * torch.tensor([[0.0, 0.0], [5.5, 7.5]]))
     assert torch.equal(out[0, 1], torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("size", [(96, 96), (50, 37)])
+def test_pixel_classifier_on_block_resolution_streams_equals_it_on_upsampled_streams(size):
+    """The first layer applied per stream at its own resolution, then resized, is the same map as
+    resizing every stream to full resolution first (both are linear; bilinear weights sum to one),
+    in training (batch statistics) and in evaluation."""
+    from diffhrnet_lab.models.fusion import pixel_mlp, upsampled
+
+    torch.manual_seed(0)
+    h, w = size
+    streams = [torch.randn(2, 24, -(-h // 16), -(-w // 16)), torch.randn(2, 16, -(-h // 8), -(-w // 8)),
+               torch.randn(2, 8, h, w)]
+    mlp = pixel_mlp(48, 5)
+    for mode in (mlp.train, mlp.eval):
+        mode()
+        torch.testing.assert_close(mlp.classify_streams(streams, size, torch.float32),
+                                   mlp(upsampled(streams, size, torch.float32)), atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError):  # streams that do not add up to the first layer's inputs
+        mlp.classify_streams(streams[:2], size, torch.float32)
