@@ -177,7 +177,7 @@ class ModelConfig:
     residual: bool = True  # start as the pixel classifier: its logits + HRNet's, HRNet's classifier zero at step 0 (BENCHMARKS.md)
     detach_base: bool = False  # residual: that classifier learns from its own loss only (aux_weight), HRNet from the sum
     rgb_lr: float = 1.0  # learning-rate factor of HRNet's own layers (backbone, head) in the fused model
-    rgb_dropout: float = 1.0  # fused model: chance HRNet's image input is zeroed per training sample; 1: never (BENCHMARKS.md)
+    rgb_dropout: float = 0.0  # fused model: chance HRNet's image input is zeroed per training sample; 1: never sees it
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
 
 

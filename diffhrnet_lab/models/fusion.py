@@ -69,13 +69,18 @@ class Adapter(nn.Module):
 class FusionPoint(nn.Module):
     """Fuse all streams into one branch of width ``width`` with operator ``op``."""
 
-    def __init__(self, op: str, width: int, stream_channels: Sequence[int]):
+    def __init__(self, op: str, width: int, stream_channels: Sequence[int], identity_start: bool = True):
+        """``identity_start``: ``add`` and ``gated`` start as the identity on the branch (adapters'
+        BN scale 0).  Off when the branch carries nothing (HRNet given no image,
+        ``model.rgb_dropout=1``): zero adapters on a zero branch, under a zero-initialised
+        classifier, would give every fused layer a zero gradient for ever."""
         super().__init__()
         if op not in FUSION_OPS:
             raise ConfigError(f"unknown fusion operator '{op}'; choose one of {', '.join(FUSION_OPS)}")
         self.op = op
         m = len(stream_channels)
-        self.adapters = nn.ModuleList(Adapter(c, width, zero_init=(op != "concat")) for c in stream_channels)
+        self.adapters = nn.ModuleList(Adapter(c, width, zero_init=(op != "concat" and identity_start))
+                                      for c in stream_channels)
         if op == "concat":
             self.mix = nn.Sequential(nn.Conv2d(width * (m + 1), width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         elif op == "gated":

@@ -67,8 +67,8 @@ class DiffHRNet(nn.Module):
             raise ConfigError("model.rgb_dropout hides the image from HRNet so that it works from the DDPM "
                               "features: without features (method hrnet, or no extractor) it would see nothing")
         # round 6 of BENCHMARKS.md: HRNet fitted on one or two scenes' colours does not carry to
-        # another; without the image its residual correction is spatial context over the fused
-        # features (with no fusion stages it adds only a per-class constant to the pixel classifier)
+        # another; without the image its correction is spatial context over the fused features
+        # (with no fusion stages it can add only a per-class constant to the pixel classifier)
         self.rgb_dropout = rgb_dropout
         chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
         self.norm = StreamNorm(chans) if self.uses_streams and feature_norm else None
@@ -90,7 +90,7 @@ class DiffHRNet(nn.Module):
             self.ddpm.requires_grad_(finetune_ddpm)
             for s in self.stages:
                 for i, width in enumerate(self.backbone.stage_channels[s - 1]):
-                    self.points[f"s{s}b{i}"] = FusionPoint(fusion, width, chans)
+                    self.points[f"s{s}b{i}"] = FusionPoint(fusion, width, chans, identity_start=rgb_dropout < 1)
 
     def ddpm_streams(self, x: torch.Tensor) -> list[torch.Tensor]:
         assert self.extractor is not None

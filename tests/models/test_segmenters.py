@@ -346,3 +346,21 @@ def test_rgb_dropout_hides_the_image_from_hrnet_but_not_from_the_ddpm(fx):
         DiffHRNet(5, 4, "w18_small", None, rgb_dropout=1.0)
     with pytest.raises(ConfigError, match="is a probability, got 1.5"):
         DiffHRNet(5, 4, "w18_small", fx, rgb_dropout=1.5)
+
+
+@pytest.mark.parametrize("rgb_dropout", [0.0, 1.0])
+def test_every_fused_layer_learns_from_the_first_steps(fx, rgb_dropout):
+    """Zero starts (residual classifier, identity fusion adapters) must not leave a dead network: by the
+    third step every fusion adapter, gate and the classifier has a gradient.  Without the image
+    (``rgb_dropout=1``) the adapters cannot start at zero, or every HRNet activation stays zero."""
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, feature_norm=True, residual=True, rgb_dropout=rgb_dropout).train()
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    x, y = torch.randn(2, 4, 32, 32), torch.randint(0, 5, (2, 32, 32))
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    dead = [n for n, p in m.named_parameters() if p.requires_grad and n.startswith(("points.", "head.classify.weight"))
+            and (p.grad is None or not p.grad.abs().sum() > 0) and "stream_logits" not in n]
+    assert dead == []
