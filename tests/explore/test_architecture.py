@@ -38,8 +38,7 @@ def test_one_marker_per_fusion_point_of_the_built_model(bundle, stages, points):
         assert _markers(fig, "fusion") == points
         # the default residual model adds the pixel classifier's logits at the output
         assert _markers(fig, "head_fusion") == 0 and _markers(fig, "logit_fusion") == 1
-        # ... and HRNet works from the fused features without the image (model.rgb_dropout=1)
-        assert _image_text(fig) == "no image:\nfeatures only"
+        assert _image_text(fig) == "image"  # HRNet's input, as in the paper (model.rgb_dropout=0)
         matplotlib.pyplot.close(fig)
 
 
@@ -60,9 +59,10 @@ def test_head_options_are_drawn_when_the_model_has_them(bundle):
 def test_hrnet_alone_has_no_fusion_and_the_pixel_classifier_no_backbone():
     arch = architecture_of(ModelConfig(method="hrnet", stages="multistage", head_fusion=32))
     assert arch["stages"] == () and not arch["head_fusion"] and arch["image"] == 1.0  # rgb_dropout needs features
-    fig = plot_architecture(ModelConfig(method="diffhrnet", rgb_dropout=0.5))
-    assert _image_text(fig) == "image in 50%\nof training samples"
-    matplotlib.pyplot.close(fig)
+    for rgb_dropout, text in ((0.5, "image in 50%\nof training samples"), (1.0, "no image:\nfeatures only")):
+        fig = plot_architecture(ModelConfig(method="diffhrnet", rgb_dropout=rgb_dropout))
+        assert _image_text(fig) == text
+        matplotlib.pyplot.close(fig)
     assert [len(w) for w in arch["widths"]] == [1, 2, 3, 4] and arch["widths"][3] == [18, 36, 72, 144]
     with pytest.raises(ConfigError, match="no HRNet backbone"):
         architecture_of(ModelConfig(method="ddpm_mlp"))
