@@ -166,11 +166,12 @@ class PixelMLP(nn.Sequential):
         that sum to one, so the two commute: each stream's share of the first layer is applied at
         the stream's own (block) resolution and its 128 channels are resized, instead of resizing
         every stream's channels (576 with the default keys) to full resolution first.  With the
-        coarse default blocks (strides 8-16) that is ~100x fewer first-layer FLOPs, and the
-        full-resolution 576-channel tensor is never built (the memory of whole-tile scoring)."""
+        default blocks (strides 4 and 2 of the tiny U-Net) the first layer costs 4-16x fewer FLOPs,
+        and the full-resolution 576-channel tensor is never built (the memory of whole-tile
+        scoring); streams of one resolution are summed before their single resize."""
         first = self[0]
         weights = torch.split(first.weight, [f.shape[1] for f in streams], dim=1)
-        by_shape: dict[tuple[int, int], torch.Tensor] = {}  # streams of one block share a resolution: one resize each
+        by_shape: dict[tuple[int, int], torch.Tensor] = {}
         for f, w in zip(streams, weights):
             part = F.conv2d(f.to(dtype), w.to(dtype))
             key = tuple(part.shape[-2:])

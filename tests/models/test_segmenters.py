@@ -325,8 +325,7 @@ def test_rgb_dropout_hides_the_image_from_hrnet_but_not_from_the_ddpm(fx):
     torch.manual_seed(0)
     x1, x2 = torch.randn(2, 4, 64, 64), torch.randn(2, 4, 64, 64)
     m = DiffHRNet(5, 4, "w18_small", fx, feature_norm=True, residual=True, rgb_dropout=1.0).eval()
-    nn_init = torch.nn.init
-    nn_init.normal_(m.head.classify.weight)  # a trained-looking correction, not the zero start
+    torch.nn.init.normal_(m.head.classify.weight)  # a trained-looking correction, not the zero start
     with torch.no_grad():
         streams = m.ddpm_streams(x1)
         torch.testing.assert_close(m(x1, streams), m(x2, streams))
