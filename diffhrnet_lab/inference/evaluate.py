@@ -22,6 +22,7 @@ from ..data.labels import get_scheme
 from ..errors import DataError
 from ..fileio import atomic_write_json, check_writable
 from ..models.segmenters import load_segmenter
+from .adapt import adapted_batchnorm
 from .metrics import confusion_matrix, scores
 from .sliding import predict_sliding, write_prediction
 
@@ -44,9 +45,18 @@ def predict_tile(model: nn.Module, image: torch.Tensor, window: int, streams: Se
 
 
 @torch.no_grad()
-def validate(model: nn.Module, ds: LabelledTiles, window: int, device, progress: bool = False) -> tuple[torch.Tensor, list]:
+def validate(model: nn.Module, ds: LabelledTiles, window: int, device, progress: bool = False,
+             adapt: int = 0, adapt_crop: int = 96, adapt_batch: int = 4, adapt_within: str = "") -> tuple[torch.Tensor, list]:
     """Whole-tile predictions of a labelled dataset (:func:`predict_tile`); returns the confusion
-    matrix over all its pixels and the predictions (uint8 class maps)."""
+    matrix over all its pixels and the predictions (uint8 class maps).
+
+    ``adapt`` > 0: BatchNorm statistics re-estimated first on that many batches of unlabelled crops
+    of these tiles (AdaBN, :mod:`.adapt`), for this scoring only; ``adapt_within``: only the
+    layers under that submodule (``"backbone"``: HRNet's image path)."""
+    if adapt > 0:
+        with adapted_batchnorm(model, ds.images, ds.features, ds.strides, crop=adapt_crop,
+                               batch_size=adapt_batch, batches=adapt, device=device, within=adapt_within):
+            return validate(model, ds, window, device, progress)
     model.eval()
     k = ds.scheme.num_classes
     cm = torch.zeros(k, k, dtype=torch.int64)
@@ -61,7 +71,7 @@ def validate(model: nn.Module, ds: LabelledTiles, window: int, device, progress:
 
 
 def score_checkpoint(checkpoint: str | os.PathLike, pairs: Sequence, features=None, window: int | None = None,
-                     device: str = "cpu") -> tuple[torch.Tensor, list, Any]:
+                     device: str = "cpu", adapt: int | Sequence[int] = 0, adapt_within: str = "") -> tuple[torch.Tensor, list, Any]:
     """A saved segmenter scored once on whole labelled tiles (``pairs``): the confusion matrix, the
     predictions and the :class:`~diffhrnet_lab.inference.metrics.Scores`.
 
@@ -69,7 +79,8 @@ def score_checkpoint(checkpoint: str | os.PathLike, pairs: Sequence, features=No
     when it caches features, DDPM methods read whole-tile features from that cache, the way
     training and the choice of its best step did, so the score measures the model and not a change
     of feature path.  Used wherever a step picked on one scene is reported on another (the demo,
-    notebook 03, the sweeps)."""
+    notebook 03, the sweeps).  ``adapt``: see :func:`validate`; a list scores the checkpoint once
+    per value and returns a list of results."""
     from ..features.tile_cache import tile_features
 
     model, meta = load_segmenter(checkpoint, getattr(features, "checkpoint", "") or None)
@@ -81,8 +92,12 @@ def score_checkpoint(checkpoint: str | os.PathLike, pairs: Sequence, features=No
         items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
         ds.attach_features(tile_features(fx, items, window=features.cache_window, progress=False,
                                          dtype=features.cache_dtype), [fx.info[b]["stride"] for _, b in fx.keys])
-    cm, preds = validate(model, ds, window or int(meta.get("eval_window") or 128), torch.device(device))
-    return cm, preds, scores(cm, list(scheme.classes))
+    window = window or int(meta.get("eval_window") or 128)
+    results = []
+    for a in ([adapt] if isinstance(adapt, int) else adapt):
+        cm, preds = validate(model, ds, window, torch.device(device), adapt=a, adapt_within=adapt_within)
+        results.append((cm, preds, scores(cm, list(scheme.classes))))
+    return results[0] if isinstance(adapt, int) else results
 
 
 def evaluate(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
