@@ -178,6 +178,8 @@ class ModelConfig:
     detach_base: bool = False  # residual: that classifier learns from its own loss only (aux_weight), HRNet from the sum
     rgb_lr: float = 1.0  # learning-rate factor of HRNet's own layers (backbone, head) in the fused model
     rgb_dropout: float = 0.0  # fused model: chance HRNet's image input is zeroed per training sample; 1: never sees it
+    correction_dropout: float = 0.0  # residual model, training: chance HRNet's correction is left out for a sample
+    correction_scale: float = 0.5  # residual model, scoring only: share of HRNet's correction kept (BENCHMARKS.md round 9)
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
 
 
@@ -185,7 +187,10 @@ class ModelConfig:
 # before each existed: a saved config that lacks one meant this (resume checks, reused runs)
 MODEL_FIELDS_BEFORE = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False,
                        "residual": False, "detach_base": False, "rgb_lr": 1.0,
-                       "rgb_dropout": 0.0}
+                       "rgb_dropout": 0.0, "correction_scale": 1.0, "correction_dropout": 0.0}
+# ModelConfig fields that change how trained weights are scored, not what they learn: a finished run
+# is scored again with a new value (experiments.label_efficiency) instead of being trained again
+SCORING_ONLY = ("correction_scale",)
 
 
 @dataclass

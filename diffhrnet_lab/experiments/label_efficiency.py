@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import MODEL_FIELDS_BEFORE, ModelConfig, ProfileConfig, profile_config, replace
+from ..config import MODEL_FIELDS_BEFORE, SCORING_ONLY, ModelConfig, ProfileConfig, profile_config, replace
 from ..data.datasets import find_pairs, first_per_group, groups_of
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_csv, atomic_write_json, atomic_write_text, check_writable, markdown_table
@@ -130,8 +130,11 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
                 for method in le.methods:
                     run = run_dir(out, held_out, method, budget, seed)
                     if (run / "summary.json").exists():
-                        check_same_model(run, method_model(cfg.model, method), method)
-                        summary = json.loads((run / "summary.json").read_text())
+                        want = method_model(cfg.model, method)
+                        check_same_model(run, want, method)
+                        summary = rescored(run, json.loads((run / "summary.json").read_text()), want,
+                                           run_config(cfg, root, bundle, out / "feature_cache", method, budget,
+                                                      seed, held_out))
                     else:
                         print(f"[label-efficiency] {method}, held out {held_out}, {budget} labelled scene(s), seed {seed}")
                         summary = finetune(run_config(cfg, root, bundle, out / "feature_cache", method, budget, seed,
@@ -172,16 +175,54 @@ def drop_resume_state(run: Path) -> None:
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
 
+def _trained_model(run: Path) -> ModelConfig | None:
+    """The model a finished run trained, from its ``model.json`` (fields it lacks: what the code did
+    before they existed)."""
+    meta_file = next((run / d / "model.json" for d in ("last", "best") if (run / d / "model.json").is_file()), None)
+    if meta_file is None:
+        return None
+    return ModelConfig(**{**MODEL_FIELDS_BEFORE, **json.loads(meta_file.read_text())["model"]})
+
+
+def rescored(run: Path, summary: dict[str, Any], want: ModelConfig, cfg: ProfileConfig) -> dict[str, Any]:
+    """``summary`` of a finished run, its scores taken again when a scoring-only setting
+    (:data:`~diffhrnet_lab.config.SCORING_ONLY`, e.g. ``model.correction_scale``) now differs from
+    the one it was scored with: its ``last/`` weights on the held-out scene, as training scored them
+    (same windows, same cached features).  Training is not repeated, since the setting does not
+    change what was learned.  The new scores are kept in ``rescored.json`` beside the summary (which
+    stays the record of the training run)."""
+    from ..models.segmenters import scoring_settings
+
+    have = _trained_model(run)
+    scoring = scoring_settings(want)
+    if have is None or scoring_settings(have) == scoring:
+        return summary
+    cache = run / "rescored.json"
+    if cache.is_file():
+        kept = json.loads(cache.read_text())
+        if kept.get("scoring") == scoring:
+            return {**summary, "best_scores": kept["scores"], "rescored": scoring}
+    from ..data.layouts import train_val_pairs
+    from ..inference.evaluate import score_checkpoint
+
+    print(f"[label-efficiency] {run}: scoring again with {scoring} (scored with {scoring_settings(have)} "
+          "when trained; no retraining)")
+    _, _, val_pairs = train_val_pairs(cfg.data)
+    _, _, sc = score_checkpoint(run / "last", val_pairs, cfg.features, scoring=scoring)
+    atomic_write_json(cache, {"scoring": scoring, "scores": sc.as_dict()})
+    return {**summary, "best_scores": sc.as_dict(), "rescored": scoring}
+
+
 def check_same_model(run: Path, want, method: str) -> None:
     """A finished run is reused only if it trained the model ``method`` means now: after a change of
     the default Diff-HRNet, an old ``diffhrnet`` run must not enter the new table under its name.
     Fields a run's ``model.json`` lacks (added later) mean what the code did before them."""
-    meta_file = next((run / d / "model.json" for d in ("last", "best") if (run / d / "model.json").is_file()), None)
-    if meta_file is None:
+    have = _trained_model(run)
+    if have is None:
         return
-    have = ModelConfig(**{**MODEL_FIELDS_BEFORE, **json.loads(meta_file.read_text())["model"]})
     keys = {"hrnet": ("method", "variant", "head_dropout", "init_timm"),  # what each segmenter is built from
-            "ddpm_mlp": ("method", "finetune_ddpm")}.get(want.method, [f.name for f in dataclasses.fields(want)])
+            "ddpm_mlp": ("method", "finetune_ddpm")}.get(
+        want.method, [f.name for f in dataclasses.fields(want) if f.name not in SCORING_ONLY])  # see rescored()
     diff = {k: (getattr(have, k), getattr(want, k)) for k in keys if getattr(have, k) != getattr(want, k)}
     if diff:
         shown = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
@@ -317,7 +358,7 @@ def plot(table: Sequence[dict[str, Any]], confidence: float = 0.95):
     methods = list(dict.fromkeys(r["method"] for r in table))
     budgets = sorted({r["budget"] for r in table})
     panels = [("miou", "held-out mIoU %"), ("gain_vs_hrnet", "gain over HRNet (points)"),
-              ("gain_vs_ddpm_mlp", "gain over DDPM pixel classifier (points)")]
+              ("gain_vs_ddpm_mlp", "gain over DDPM pixel\nclassifier (points)")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, (key, ylabel) in zip(axes, panels):
         for i, method in enumerate(methods):
@@ -337,5 +378,5 @@ def plot(table: Sequence[dict[str, Any]], confidence: float = 0.95):
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 3), fontsize=8, frameon=False)
     fig.suptitle(f"mean over (fold, seed) runs; bars: paired bootstrap {round(100 * confidence)} % interval", fontsize=9)
-    fig.tight_layout(rect=(0, 0.06 * ((len(names) + 2) // 3), 1, 1))
+    fig.tight_layout(rect=(0, 0.06 * ((len(names) + 2) // 3), 1, 0.96))  # room for the title
     return fig

@@ -15,7 +15,8 @@ from ..errors import ConfigError
 # the fused model's additions switched off: the variants below name every one they use, so that a
 # variant means the same model whatever the profile's Diff-HRNet defaults are
 _PLAIN = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False, "residual": False,
-          "detach_base": False, "rgb_lr": 1.0, "rgb_dropout": 0.0}
+          "detach_base": False, "rgb_lr": 1.0, "rgb_dropout": 0.0, "correction_scale": 1.0,
+          "correction_dropout": 0.0}
 
 # name → (label for tables and plots, ModelConfig changes)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -54,6 +55,14 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ms_feat_aux": ("ms_res_feat + base's own loss (0.4)", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
                                                            "feature_norm": True, "residual": True,
                                                            "rgb_dropout": 1.0, "aux_weight": 0.4}),
+    # round 9: ms_res scored with half of HRNet's correction (the mean of the fused model's and its base's logits)
+    "ms_res_half": ("ms_res, half the correction when scoring", {**_PLAIN, "method": "diffhrnet", "stages": "multistage",
+                                                                 "feature_norm": True, "residual": True,
+                                                                 "correction_scale": 0.5}),
+    # round 11: the halving trained in: the correction left out for half the training samples
+    "ms_res_cdrop": ("ms_res_half, correction dropped for half the samples", {
+        **_PLAIN, "method": "diffhrnet", "stages": "multistage", "feature_norm": True, "residual": True,
+        "correction_scale": 0.5, "correction_dropout": 0.5}),
 }
 
 

@@ -71,7 +71,8 @@ def validate(model: nn.Module, ds: LabelledTiles, window: int, device, progress:
 
 
 def score_checkpoint(checkpoint: str | os.PathLike, pairs: Sequence, features=None, window: int | None = None,
-                     device: str = "cpu", adapt: int | Sequence[int] = 0, adapt_within: str = "") -> tuple[torch.Tensor, list, Any]:
+                     device: str = "cpu", adapt: int | Sequence[int] = 0, adapt_within: str = "",
+                     scoring: dict[str, Any] | None = None) -> tuple[torch.Tensor, list, Any]:
     """A saved segmenter scored once on whole labelled tiles (``pairs``): the confusion matrix, the
     predictions and the :class:`~diffhrnet_lab.inference.metrics.Scores`.
 
@@ -80,10 +81,11 @@ def score_checkpoint(checkpoint: str | os.PathLike, pairs: Sequence, features=No
     training and the choice of its best step did, so the score measures the model and not a change
     of feature path.  Used wherever a step picked on one scene is reported on another (the demo,
     notebook 03, the sweeps).  ``adapt``: see :func:`validate`; a list scores the checkpoint once
-    per value and returns a list of results."""
+    per value and returns a list of results.  ``scoring``: scoring-only model settings used instead
+    of the checkpoint's (:func:`~diffhrnet_lab.models.segmenters.load_segmenter`)."""
     from ..features.tile_cache import tile_features
 
-    model, meta = load_segmenter(checkpoint, getattr(features, "checkpoint", "") or None)
+    model, meta = load_segmenter(checkpoint, getattr(features, "checkpoint", "") or None, scoring=scoring)
     scheme = get_scheme(meta["scheme"])
     ds = LabelledTiles(list(pairs), scheme, stats=BandStats.from_dict(meta["stats"]))
     fx = getattr(model, "extractor", None)

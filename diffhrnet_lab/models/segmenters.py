@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import MODEL_FIELDS_BEFORE, FeatureConfig, ModelConfig, embedded_ddpm_dir
+from ..config import MODEL_FIELDS_BEFORE, SCORING_ONLY, FeatureConfig, ModelConfig, embedded_ddpm_dir
 from ..data.tiling import pad_to
 from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError, DataError
@@ -46,7 +46,8 @@ class DiffHRNet(nn.Module):
                  stages: str | Sequence[int] = "multistage", fusion: str = "gated", finetune_ddpm: bool = False,
                  head_dropout: float = 0.1, feature_norm: bool = False, head_fusion: int = 0,
                  aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False,
-                 detach_base: bool = False, rgb_dropout: float = 0.0):
+                 detach_base: bool = False, rgb_dropout: float = 0.0, correction_scale: float = 1.0,
+                 correction_dropout: float = 0.0):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
@@ -66,6 +67,20 @@ class DiffHRNet(nn.Module):
         if rgb_dropout and not self.uses_streams:
             raise ConfigError("model.rgb_dropout hides the image from HRNet so that it works from the DDPM "
                               "features: without features (method hrnet, or no extractor) it would see nothing")
+        if correction_scale < 0:
+            raise ConfigError(f"model.correction_scale must be >= 0, got {correction_scale}")
+        # round 9 of BENCHMARKS.md: trained in full, HRNet's correction overshoots on an unseen scene;
+        # scored at 0.5 the logits are the mean of the fused model's and its base's (an ensemble).
+        # Only the residual model has a base to shrink towards; elsewhere the setting does nothing.
+        self.correction_scale = correction_scale if residual and self.uses_streams else 1.0
+        if not 0.0 <= correction_dropout <= 1.0:
+            raise ConfigError(f"model.correction_dropout is a probability, got {correction_dropout}")
+        if correction_dropout and not (residual and self.uses_streams):
+            raise ConfigError("model.correction_dropout leaves HRNet's correction of the pixel-classifier base out "
+                              "of some training samples: it needs model.residual=true (method diffhrnet)")
+        # round 11: trained so, the base must classify alone for those samples and the sum for the
+        # others; the expected logits are base + (1 - p) · correction, what correction_scale scores
+        self.correction_dropout = correction_dropout
         # round 6 of BENCHMARKS.md: HRNet fitted on one or two scenes' colours does not carry to
         # another; without the image its correction is spatial context over the fused features
         # (with no fusion stages it can add only a per-class constant to the pixel classifier)
@@ -131,6 +146,11 @@ class DiffHRNet(nn.Module):
         if self.aux is not None:
             aux = self.aux.classify_streams(streams, xp.shape[-2:], xp.dtype)
             if self.logit_fusion:
+                if self.correction_scale != 1.0 and not self.training:
+                    logits = self.correction_scale * logits
+                if self.correction_dropout and self.training:
+                    keep = torch.rand(logits.shape[0], 1, 1, 1, device=logits.device) >= self.correction_dropout
+                    logits = logits * keep.to(logits.dtype)
                 logits = logits + (aux.detach() if self.detach_base else aux)
         # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
         self.aux_logits = aux[..., :h, :w] if aux is not None and self.aux_weight and self.training else None
@@ -212,7 +232,8 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
                      finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout,
                      feature_norm=model.feature_norm, head_fusion=model.head_fusion, aux_weight=model.aux_weight,
                      logit_fusion=model.logit_fusion, residual=model.residual,
-                     detach_base=model.detach_base, rgb_dropout=model.rgb_dropout)
+                     detach_base=model.detach_base, rgb_dropout=model.rgb_dropout,
+                     correction_scale=model.correction_scale, correction_dropout=model.correction_dropout)
 
 
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -236,12 +257,23 @@ def _checkpoint_files(path: Path) -> tuple[Path, Path]:
     return weights, meta
 
 
+def scoring_settings(model: ModelConfig) -> dict[str, Any]:
+    """The scoring-only settings (:data:`~diffhrnet_lab.config.SCORING_ONLY`) as they act on this
+    model: ``correction_scale`` shrinks the residual Diff-HRNet's correction and means nothing
+    (1.0) for any other model."""
+    residual = model.method == "diffhrnet" and model.residual
+    return {"correction_scale": model.correction_scale if residual else 1.0}
+
+
 def load_segmenter(path: str | os.PathLike, ddpm_path: str | os.PathLike | None = None,
-                   expect: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                   expect: dict[str, Any] | None = None,
+                   scoring: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a segmenter from its checkpoint folder (safetensors only).
 
     ``expect`` (e.g. ``{"variant": "w18", "num_classes": 6}``) makes a mismatch an error that names
-    both the checkpoint's and the expected values.
+    both the checkpoint's and the expected values.  ``scoring``: model settings that change how
+    the trained weights are scored, not what they learned (:data:`~diffhrnet_lab.config.SCORING_ONLY`),
+    used instead of the checkpoint's; ``meta["model"]`` then shows them.
     """
     weights, meta_file = _checkpoint_files(Path(path))
     try:
@@ -250,6 +282,11 @@ def load_segmenter(path: str | os.PathLike, ddpm_path: str | os.PathLike | None 
     except (SafetensorError, ValueError, OSError) as exc:
         raise DataError(f"{weights.parent}: corrupt checkpoint ({str(exc)[:150]})") from None
     # a checkpoint that predates a model field was trained without what it adds
+    unknown = sorted(set(scoring or {}) - set(SCORING_ONLY))
+    if unknown:
+        raise ConfigError(f"{unknown}: not scoring-only model settings ({', '.join(SCORING_ONLY)}); they change "
+                          "what a model learns, so a checkpoint cannot be scored with another value")
+    meta["model"] = {**meta["model"], **(scoring or {})}
     mc, fc = ModelConfig(**{**MODEL_FIELDS_BEFORE, **meta["model"]}), FeatureConfig(**{**meta["features"], "timesteps": tuple(meta["features"]["timesteps"]),
                                                             "blocks": tuple(meta["features"]["blocks"])})
     for key, want in (expect or {}).items():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..config import MODEL_FIELDS_BEFORE, FeatureConfig, ProfileConfig, embedded_ddpm_dir
+from ..config import MODEL_FIELDS_BEFORE, SCORING_ONLY, FeatureConfig, ProfileConfig, embedded_ddpm_dir
 from ..data.datasets import LabelledTiles, label_budget, only_groups
 from ..data.io import compute_band_stats
 from ..data.layouts import train_val_pairs
@@ -240,7 +240,7 @@ def _write_train_state(d: Path, model: nn.Module, optimizer, step: int, best: di
 def _load_train_state(d: Path, model: nn.Module, optimizer, cfg: ProfileConfig) -> tuple[int, dict, list]:
     same = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, key in (
         ("model", "method"), ("model", "variant"), ("model", "stages"), ("model", "fusion"),
-        *(("model", k) for k in MODEL_FIELDS_BEFORE), ("data", "batch_size"), ("train", "seed"))}
+        *(("model", k) for k in MODEL_FIELDS_BEFORE if k not in SCORING_ONLY), ("data", "batch_size"), ("train", "seed"))}
     state = read_state(d, optimizer, same, {f"model.{k}": v for k, v in MODEL_FIELDS_BEFORE.items()})
     model.load_state_dict(load_tensors(d / "model.safetensors"), strict=False)
     torch.set_rng_state(load_tensors(d / "rng.safetensors")["torch"])

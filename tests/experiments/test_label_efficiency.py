@@ -34,6 +34,33 @@ def test_label_efficiency_command_on_dubai_runs_every_method_and_skips_finished_
     again = capsys.readouterr().out
     assert "[finetune]" not in again and "seed 0" not in again and "| diffhrnet |" in again
     assert (out / "runs" / "Tile_1" / "diffhrnet_b1_s0" / "summary.json").stat().st_mtime_ns == stamp
+    # a scoring-only setting scores the finished run again instead of training it again
+    run = out / "runs" / "Tile_1" / "diffhrnet_b1_s0"
+    assert main([*args, "--set", "model.correction_scale=1.0"]) == 0
+    again = capsys.readouterr().out
+    assert "[finetune]" not in again and "scoring again with {'correction_scale': 1.0}" in again
+    kept = json.loads((run / "rescored.json").read_text())
+    row = next(r for r in json.loads((out / "label_efficiency.json").read_text())["rows"] if r["method"] == "diffhrnet")
+    assert row["miou"] == kept["scores"]["miou"] and (run / "summary.json").stat().st_mtime_ns == stamp
+    from diffhrnet_lab.config import FeatureConfig
+    from diffhrnet_lab.data.datasets import find_pairs, first_per_group
+    from diffhrnet_lab.inference.evaluate import score_checkpoint
+    from diffhrnet_lab.models.segmenters import load_segmenter
+
+    f = json.loads((run / "last" / "model.json").read_text())["features"]
+    fc = FeatureConfig(**{**f, "timesteps": tuple(f["timesteps"]), "blocks": tuple(f["blocks"])})
+    held = [p for p in first_per_group(find_pairs(dubai), 1) if p.group == "Tile_1"]
+    model, meta = load_segmenter(run / "last", fc.checkpoint, scoring={"correction_scale": 1.0})
+    assert model.correction_scale == 1.0 and meta["model"]["correction_scale"] == 1.0
+    from diffhrnet_lab.errors import ConfigError
+    with pytest.raises(ConfigError, match="not scoring-only"):  # what a model learned is not a scoring choice
+        load_segmenter(run / "last", fc.checkpoint, scoring={"residual": False})
+    _, _, sc = score_checkpoint(run / "last", held, fc, scoring={"correction_scale": 1.0})
+    assert sc.as_dict()["miou"] == kept["scores"]["miou"]
+    assert main(args) == 0  # back to the setting it was trained and scored with: its own summary
+    assert "scoring again" not in capsys.readouterr().out
+    assert next(r for r in json.loads((out / "label_efficiency.json").read_text())["rows"]
+                if r["method"] == "diffhrnet")["miou"] == json.loads((run / "summary.json").read_text())["best_miou"]
     # a finished run of another model than the method now means is not reused under its name
     assert main([*args, "--set", "model.residual=false"]) == 2
     err = capsys.readouterr().err
@@ -91,3 +118,27 @@ def test_a_finished_run_from_before_a_model_field_is_compared_as_what_it_trained
     check_same_model(run, method_model(ModelConfig(), "ms_norm"), "ms_norm")  # no error
     with pytest.raises(ConfigError, match=r"residual False \(now True\)"):
         check_same_model(run, method_model(ModelConfig(), "diffhrnet"), "diffhrnet")
+
+
+def test_only_a_model_that_uses_a_scoring_setting_is_scored_again(tmp_path, capsys):
+    """Runs of ``hrnet`` and ``ddpm_mlp`` from before ``model.correction_scale`` existed keep their
+    scores under today's default (0.5): the setting means nothing for them.  (Scoring them again
+    would need weights these folders do not have, so the test fails loudly if it is tried.)"""
+    import json
+
+    from diffhrnet_lab.config import ModelConfig, ProfileConfig
+    from diffhrnet_lab.experiments.label_efficiency import rescored
+    from diffhrnet_lab.experiments.methods import method_model
+
+    assert ModelConfig().correction_scale == 0.5
+    summary = {"best_scores": {"miou": 0.25}}
+    for method in ("hrnet", "ddpm_mlp", "ms_res"):
+        run = tmp_path / method
+        (run / "last").mkdir(parents=True)
+        (run / "last" / "model.json").write_text(json.dumps({"model": {"method": method.split("_res")[0].replace(
+            "ms", "diffhrnet"), "residual": method == "ms_res"}}))
+        assert rescored(run, summary, method_model(ModelConfig(), method), ProfileConfig()) is summary
+    assert "scoring again" not in capsys.readouterr().out
+    with pytest.raises(Exception):  # a residual Diff-HRNet scored with 1.0 now wants 0.5: scored again
+        rescored(tmp_path / "ms_res", summary, method_model(ModelConfig(), "diffhrnet"), ProfileConfig())
+    assert "ms_res: scoring again with {'correction_scale': 0.5}" in capsys.readouterr().out

@@ -13,7 +13,7 @@ import torch
 
 from diffhrnet_lab.config import embedded_ddpm_dir
 from diffhrnet_lab.ddpm.unet import build_scheduler, build_unet, load_bundle
-from diffhrnet_lab.errors import DataError
+from diffhrnet_lab.errors import ConfigError, DataError
 from diffhrnet_lab.features.extractor import FeatureExtractor
 from diffhrnet_lab.models.segmenters import DDPMPixelClassifier, DiffHRNet, load_segmenter
 
@@ -245,6 +245,88 @@ def test_residual_model_starts_as_the_pixel_classifier_and_hrnet_learns_only_a_c
     assert m.head.classify.weight.grad.abs().sum() > 0 and m.aux[0].weight.grad.abs().sum() > 0
     assert m.backbone.stem.conv1.weight.grad is None or m.backbone.stem.conv1.weight.grad.abs().sum() == 0
     assert m.aux_logits is None  # aux_weight 0: nothing for a separate loss
+
+
+def test_correction_scale_averages_the_fused_model_and_its_base_when_scoring_only(fx):
+    """``model.correction_scale=0.5`` (round 9): scoring logits = base + 0.5 · HRNet's correction,
+    i.e. the mean of the full model's and the base's; training keeps the whole correction."""
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True, correction_scale=0.5)
+    torch.nn.init.normal_(m.head.classify.weight, std=0.5)  # a trained correction, not the zero start
+    m.eval()
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        half = m(x)
+        m.correction_scale = 1.0
+        full = m(x)
+        m.head.classify.weight.zero_(), m.head.classify.bias.zero_()
+        base = m(x)
+    assert (full - base).abs().max() > 0.1
+    torch.testing.assert_close(half, (full + base) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_correction_scale_does_not_change_training(fx):
+    torch.manual_seed(0)
+    a = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True, correction_scale=0.5)
+    b = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True)
+    b.load_state_dict(a.state_dict())
+    torch.nn.init.normal_(a.head.classify.weight, std=0.5)
+    b.head.classify.weight.data.copy_(a.head.classify.weight)
+    x = torch.randn(2, 4, 64, 64)
+    a.train(), b.train()
+    a.head.drop.p = b.head.drop.p = 0.0
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_correction_scale_leaves_a_model_without_a_base_alone(fx):
+    """The default (0.5) applies to the residual model; a fused model without the pixel-classifier
+    base has nothing to shrink towards and keeps its logits."""
+    torch.manual_seed(0)
+    a = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", correction_scale=0.5).eval()
+    b = DiffHRNet(5, 4, "w18_small", fx, stages="multistage").eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+    with pytest.raises(ConfigError, match="correction_scale must be >= 0"):
+        DiffHRNet(5, 4, "w18_small", fx, stages="multistage", residual=True, correction_scale=-1.0)
+
+
+def test_correction_dropout_leaves_the_correction_out_per_training_sample_only(fx):
+    """``model.correction_dropout`` (round 11): a dropped sample's logits are the base's alone and
+    HRNet gets no gradient from it; a kept sample's are the whole sum; scoring is untouched."""
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True,
+                  correction_scale=1.0, correction_dropout=0.5)
+    torch.nn.init.normal_(m.head.classify.weight, std=0.5)
+    m.head.drop.p = 0.0
+    x = torch.randn(8, 4, 64, 64)
+    ref = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True, correction_scale=1.0)
+    ref.load_state_dict(m.state_dict())
+    ref.head.drop.p = 0.0
+    m.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x))  # scoring: no dropout
+    m.train()
+    torch.manual_seed(3)
+    out = m(x)
+    torch.manual_seed(3)
+    kept = torch.rand(8) >= 0.5
+    assert 0 < kept.sum() < 8
+    # BatchNorm in train mode normalises with this batch's statistics: compare with the model in
+    # train mode too, whose base (the pixel classifier's BatchNorm) then matches
+    ref.load_state_dict(m.state_dict())
+    ref.train()
+    with torch.no_grad():
+        full_t = ref(x)
+        ref.head.classify.weight.zero_(), ref.head.classify.bias.zero_()
+        base_t = ref(x)
+    torch.testing.assert_close(out[kept].detach(), full_t[kept], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[~kept].detach(), base_t[~kept], rtol=1e-4, atol=1e-4)
+    out[~kept].sum().backward()
+    assert m.head.classify.weight.grad.abs().sum() == 0 and m.aux[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="correction_dropout"):
+        DiffHRNet(5, 4, "w18_small", fx, stages="multistage", correction_dropout=0.5)
 
 
 def test_rgb_lr_scales_only_hrnet_own_layers(fx):
