@@ -5,7 +5,10 @@ For DDPM pretraining and for fine-tuning it runs the real loop body (``DDPMTrain
 
 * fed by the real input pipeline (``training.accelerator.step_loader``: crops, flips, workers,
   the copy to the device): ``steps_per_s``;
-* fed one batch that already sits on the device: ``model_only_steps_per_s``.
+* fed one batch that already sits on the device: ``model_only_steps_per_s``;
+
+the two in alternating blocks of steps (:func:`_paired`), so that drift during the measurement
+hits both.
 
 ``overhead`` is their ratio (1.0: the input costs nothing).  ``input_ms_per_step`` is the median
 time from asking the loader for the next batch to having it on the device, loader construction
@@ -91,6 +94,45 @@ def _model_only(batch, step: Callable[[Any, int], Any], device: torch.device, st
     return steps / (time.perf_counter() - t0)
 
 
+def _paired(loader_factory: Callable[[], Any], batch, step: Callable[[Any, int], Any], device: torch.device,
+            steps: int, warmup: int, blocks: int = 3) -> tuple[float, float, list[float]]:
+    """The loop fed by the loader and the same loop fed ``batch`` (already on the device), timed in
+    alternating blocks of ``steps // blocks`` steps: whatever drifts during the measurement (the
+    other core's load, the optimiser's state, the allocator) hits both alike, so ``overhead`` is not
+    an artefact of which one ran second.  Returns loader steps/s, model-only steps/s and the input
+    waits (s) of every loader step, the first including the loader's construction."""
+    t_build = time.perf_counter()
+    it = iter(loader_factory())
+    waits = []
+
+    def fed(k: int) -> None:
+        t = t_build if k == 0 else time.perf_counter()
+        b = next(it)
+        waits.append(time.perf_counter() - t)
+        step(b, k)
+
+    for k in range(warmup):
+        fed(k)
+        step(batch, k)
+    per = max(1, steps // blocks)
+    t_loop = t_model = 0.0
+    k = warmup
+    for _ in range(blocks):
+        _sync(device)
+        t0 = time.perf_counter()
+        for j in range(per):
+            fed(k + j)
+        _sync(device)
+        t1 = time.perf_counter()
+        for j in range(per):
+            step(batch, k + j)
+        _sync(device)
+        t_loop += t1 - t0
+        t_model += time.perf_counter() - t1
+        k += per
+    return blocks * per / t_loop, blocks * per / t_model, waits
+
+
 def _pool_dir() -> Path:
     d = dubai_dir()
     return d / "images" if d is not None else samples_dir() / "unlabelled"
@@ -129,9 +171,14 @@ def bench_ddpm(cfg: DDPMConfig, steps: int, warmup: int, input_only: bool = Fals
         # ... and the loss read back (a host sync) after every step.
         fast_step = model_step
         model_step = lambda batch, k: fast_step(batch, k).item()  # noqa: E731
-    sps, waits = _loop(per_epoch if legacy else
-                       (lambda: step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, end, cfg.num_workers)),
-                       model_step, acc.device, steps, warmup)
+    if legacy or input_only:
+        sps, waits = _loop(per_epoch if legacy else
+                           (lambda: step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, end, cfg.num_workers)),
+                           model_step, acc.device, steps, warmup)
+    else:
+        batch = next(iter(step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, 1, 0)))
+        sps, mo, waits = _paired(lambda: step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, end, cfg.num_workers),
+                                 batch, model_step, acc.device, steps, warmup)
     out.update(steps_per_s=round(sps, 3), input_ms_per_step=round(1000 * statistics.median(waits), 2),
                input_ms_first_step=round(1000 * waits[0], 1))
     if legacy:
@@ -140,8 +187,6 @@ def bench_ddpm(cfg: DDPMConfig, steps: int, warmup: int, input_only: bool = Fals
         _, w2 = _loop(per_epoch, model_step, acc.device, steps, warmup)
         out["input_ms_per_step_loader_per_epoch"] = round(1000 * statistics.median(w2), 2)
         return out
-    batch = next(iter(step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, 1, 0)))
-    mo = _model_only(batch, model_step, acc.device, steps, warmup)
     out.update(model_only_steps_per_s=round(mo, 3), overhead=round(mo / sps, 3))
     peak = bf16_peak(acc.device)
     flops = _flops_or_none(lambda: _unet_fwd_bwd(tr, batch["image"])) if peak else None
@@ -188,14 +233,16 @@ def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool
             model = torch.compile(model, mode=None if tc.compile == "default" else tc.compile)
         model.train()
         model_step = lambda batch, k: train_step(model, batch, opt, acc, tc.lr, None, ds.scheme.ignore_index)  # noqa: E731
-    sps, waits = _loop(lambda: step_loader(acc, ds, dc.batch_size, tc.seed, 0, warmup + steps, tc.num_workers),
-                       model_step, acc.device, steps, warmup)
+    loader = lambda: step_loader(acc, ds, dc.batch_size, tc.seed, 0, warmup + steps, tc.num_workers)  # noqa: E731
+    if input_only:
+        sps, waits = _loop(loader, model_step, acc.device, steps, warmup)
+    else:
+        batch = next(iter(step_loader(acc, ds, dc.batch_size, tc.seed, 0, 1, 0)))
+        sps, mo, waits = _paired(loader, batch, model_step, acc.device, steps, warmup)
     out.update(steps_per_s=round(sps, 3), input_ms_per_step=round(1000 * statistics.median(waits), 2),
                input_ms_first_step=round(1000 * waits[0], 1))
     if input_only:
         return out
-    batch = next(iter(step_loader(acc, ds, dc.batch_size, tc.seed, 0, 1, 0)))
-    mo = _model_only(batch, model_step, acc.device, steps, warmup)
     out.update(model_only_steps_per_s=round(mo, 3), overhead=round(mo / sps, 3))
     peak = bf16_peak(acc.device)
     flops = _flops_or_none(lambda: model_step(batch, 0)) if peak else None
