@@ -1,5 +1,5 @@
 """Diagnostic: the residual Diff-HRNet (``model.residual``) scored with HRNet's correction scaled
-by λ (its last 1x1 convolution multiplied by λ; the logits are linear in it): λ = 0 is the
+by λ (``model.correction_scale=λ`` at scoring; the logits are linear in it): λ = 0 is the
 pixel-classifier base alone as trained inside the fused model, λ = 1 the model as trained.
 
     python benchmarks/rescore_shrink.py runs/le_screen --method ms_res --seeds 10 --lambdas 0,0.5 \
@@ -12,14 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from diffhrnet_lab.data.datasets import LabelledTiles, find_pairs
-from diffhrnet_lab.data.io import BandStats
-from diffhrnet_lab.features.tile_cache import tile_features
-from diffhrnet_lab.inference.evaluate import validate
-from diffhrnet_lab.inference.metrics import scores
-from diffhrnet_lab.models.segmenters import load_segmenter
+from diffhrnet_lab.config import FeatureConfig
+from diffhrnet_lab.data.datasets import find_pairs
+from diffhrnet_lab.inference.evaluate import score_checkpoint
 
 
 def main() -> None:
@@ -40,22 +35,12 @@ def main() -> None:
                 run = Path(a.root) / "runs" / fold / f"{a.method}_b{budget}_s{seed}"
                 if not (run / "summary.json").exists():
                     continue
-                model, meta = load_segmenter(run / "last")
-                ds = LabelledTiles([p for p in pairs if p.group == fold], meta["scheme"],
-                                   stats=BandStats.from_dict(meta["stats"]))
-                fx = model.extractor
-                fx.cache_dir = Path(meta["features"]["cache_dir"])
-                items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
-                ds.attach_features(tile_features(fx, items, window=meta["features"]["cache_window"], progress=False,
-                                                 dtype=meta["features"]["cache_dtype"]),
-                                   [fx.info[b]["stride"] for _, b in fx.keys])
-                w0, b0 = model.head.classify.weight.detach().clone(), model.head.classify.bias.detach().clone()
+                f = json.loads((run / "last" / "model.json").read_text())["features"]
+                fc = FeatureConfig(**{**f, "timesteps": tuple(f["timesteps"]), "blocks": tuple(f["blocks"])})
+                held = [p for p in pairs if p.group == fold]
                 for lam in map(float, a.lambdas.split(",")):
-                    with torch.no_grad():
-                        model.head.classify.weight.copy_(lam * w0)
-                        model.head.classify.bias.copy_(lam * b0)
-                    cm, _ = validate(model, ds, int(meta["eval_window"]), torch.device("cpu"))
-                    sc = scores(cm, list(ds.scheme.classes)).as_dict()
+                    # correction_scale is the λ of this diagnostic (scoring only; 0: the base alone)
+                    sc = score_checkpoint(run / "last", held, fc, scoring={"correction_scale": lam})[2].as_dict()
                     row = {"run": str(run), "held_out": fold, "budget": budget, "seed": int(seed), "lambda": lam,
                            "miou": sc["miou"], "iou": sc["iou"]}
                     with open(a.out, "a") as fh:
