@@ -92,8 +92,10 @@ class FusionPoint(nn.Module):
     def stream_weights(self) -> torch.Tensor:
         return torch.softmax(self.stream_logits, 0) if self.op == "gated" else torch.full((len(self.adapters),), 1.0)
 
-    def forward(self, x: torch.Tensor, streams: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, streams: "Sequence[torch.Tensor] | PooledStreams") -> torch.Tensor:
         size = x.shape[-2:]
+        if isinstance(streams, PooledStreams):
+            streams = streams.at(size)
         adapted = [a(s, size) for a, s in zip(self.adapters, streams)]
         if self.op == "concat":
             return self.mix(torch.cat([x, *adapted], 1))
@@ -102,6 +104,25 @@ class FusionPoint(nn.Module):
         w = self.stream_weights()
         mixed = sum(wi * a for wi, a in zip(w, adapted))
         return x + torch.sigmoid(self.gate(torch.cat([x, mixed], 1))) * mixed
+
+
+class PooledStreams:
+    """The streams average-pooled to each branch resolution once per forward pass.
+
+    Multistage fusion has a fusion point per (stage, branch), and stages 2-4 repeat branch 1's
+    resolution, stages 3-4 branch 2's: each adapter pooling its own copy pooled every stream to the
+    same size up to four times (48 pools per forward with the default streams, against 21 distinct
+    ones).  The same operation on the same input, so the outputs are unchanged bit for bit."""
+
+    def __init__(self, streams: Sequence[torch.Tensor]):
+        self.streams = list(streams)
+        self._at: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def at(self, size: torch.Size) -> list[torch.Tensor]:
+        key = (int(size[0]), int(size[1]))
+        if key not in self._at:
+            self._at[key] = [F.adaptive_avg_pool2d(f, key) if f.shape[-2] > key[0] else f for f in self.streams]
+        return self._at[key]
 
 
 class StreamNorm(nn.Module):

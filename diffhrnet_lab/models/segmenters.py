@@ -28,7 +28,7 @@ from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError, DataError
 from ..features.extractor import FeatureExtractor, file_hash
 from ..fileio import atomic_dir, atomic_write_json
-from .fusion import FusionPoint, HeadStreams, StreamNorm, parse_stages, pixel_mlp
+from .fusion import FusionPoint, HeadStreams, PooledStreams, StreamNorm, parse_stages, pixel_mlp
 from .hrnet import HRNetBackbone, HRNetV2Head
 
 SEGMENTERS = ("hrnet", "diffhrnet", "ddpm_mlp")
@@ -133,10 +133,12 @@ class DiffHRNet(nn.Module):
             if self.norm is not None:
                 streams = self.norm(streams)
 
+            pooled = PooledStreams(streams)
+
             def fuse_stage(stage: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
                 if stage not in self.stages:
                     return branches
-                return [self.points[f"s{stage}b{i}"](b, streams) for i, b in enumerate(branches)]
+                return [self.points[f"s{stage}b{i}"](b, pooled) for i, b in enumerate(branches)]
             fuse = fuse_stage
 
         branches = self.backbone(self.image_input(xp), fuse if self.stages else None)

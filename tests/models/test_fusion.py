@@ -133,3 +133,28 @@ def test_pixel_classifier_on_block_resolution_streams_equals_it_on_upsampled_str
                                    mlp(upsampled(streams, size, torch.float32)), atol=1e-4, rtol=1e-4)
     with pytest.raises(RuntimeError):  # streams that do not add up to the first layer's inputs
         mlp.classify_streams(streams[:2], size, torch.float32)
+
+
+def test_pooled_streams_give_every_fusion_point_the_same_output_and_pool_once_per_size(monkeypatch):
+    """Shared pooling (one pool per stream and branch size per forward) changes no output bit."""
+    torch.manual_seed(0)
+    streams = [torch.randn(2, 6, 16, 16), torch.randn(2, 3, 8, 8)]
+    points = [FusionPoint("gated", 4, [6, 3]).eval() for _ in range(3)]
+    xs = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)]
+    with torch.no_grad():
+        for p in points:
+            for a in p.adapters:
+                a.bn.weight.fill_(1.0)  # open the adapters: identity-started ones would hide a difference
+        want = [p(x, streams) for p, x in zip(points, xs)]
+        calls = []
+        real = torch.nn.functional.adaptive_avg_pool2d
+        monkeypatch.setattr(torch.nn.functional, "adaptive_avg_pool2d",
+                            lambda f, size: calls.append((f.shape[-1], tuple(size))) or real(f, size))
+        from diffhrnet_lab.models.fusion import PooledStreams
+
+        pooled = PooledStreams(streams)
+        got = [p(x, pooled) for p, x in zip(points, xs)]
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    # 16² → 8² once (shared by two points), 16² → 4² and 8² → 4² once; the 8² stream at 8² is not pooled
+    assert sorted(calls) == [(8, (4, 4)), (16, (4, 4)), (16, (8, 8))]
