@@ -16,7 +16,7 @@ from ..errors import ConfigError
 # variant means the same model whatever the profile's Diff-HRNet defaults are
 _PLAIN = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False, "residual": False,
           "detach_base": False, "rgb_lr": 1.0, "rgb_dropout": 0.0, "correction_scale": 1.0,
-          "correction_dropout": 0.0}
+          "correction_dropout": 0.0, "rgb_norm": "dataset"}
 
 # name → (label for tables and plots, ModelConfig changes)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -63,6 +63,10 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ms_res_cdrop": ("ms_res_half, correction dropped for half the samples", {
         **_PLAIN, "method": "diffhrnet", "stages": "multistage", "feature_norm": True, "residual": True,
         "correction_scale": 0.5, "correction_dropout": 0.5}),
+    # round 12: HRNet's image input standardised per crop / window, so a scene's colour cast cannot steer it
+    "ms_res_inorm": ("ms_res_half, HRNet's input standardised per window", {
+        **_PLAIN, "method": "diffhrnet", "stages": "multistage", "feature_norm": True, "residual": True,
+        "correction_scale": 0.5, "rgb_norm": "window"}),
 }
 
 

@@ -32,6 +32,17 @@ from .fusion import FusionPoint, HeadStreams, PooledStreams, StreamNorm, parse_s
 from .hrnet import HRNetBackbone, HRNetV2Head
 
 SEGMENTERS = ("hrnet", "diffhrnet", "ddpm_mlp")
+RGB_NORMS = ("dataset", "window")
+MIN_WINDOW_STD = 0.1  # a flat window (water, a roof) is not stretched beyond 10x: its noise is not signal
+
+
+def window_standardised(x: torch.Tensor) -> torch.Tensor:
+    """Each sample's bands standardised over its own pixels (instance normalisation of the input,
+    IBN-Net's remedy for appearance shifts between domains); the spread is floored at
+    ``MIN_WINDOW_STD`` of the dataset-normalised scale."""
+    mean = x.mean((-2, -1), keepdim=True)
+    std = x.std((-2, -1), keepdim=True).clamp_min(MIN_WINDOW_STD)
+    return (x - mean) / std
 
 
 class DiffHRNet(nn.Module):
@@ -47,7 +58,7 @@ class DiffHRNet(nn.Module):
                  head_dropout: float = 0.1, feature_norm: bool = False, head_fusion: int = 0,
                  aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False,
                  detach_base: bool = False, rgb_dropout: float = 0.0, correction_scale: float = 1.0,
-                 correction_dropout: float = 0.0):
+                 correction_dropout: float = 0.0, rgb_norm: str = "dataset"):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
@@ -85,6 +96,13 @@ class DiffHRNet(nn.Module):
         # another; without the image its correction is spatial context over the fused features
         # (with no fusion stages it can add only a per-class constant to the pixel classifier)
         self.rgb_dropout = rgb_dropout
+        if rgb_norm not in RGB_NORMS:
+            raise ConfigError(f"model.rgb_norm '{rgb_norm}': choose one of {', '.join(RGB_NORMS)}")
+        # round 12: a scene's illumination and sensor gain shift every band's mean and contrast; HRNet
+        # fitted on one scene reads another's shifted colours as other classes. Standardising each
+        # window per band removes that shift before HRNet sees it (the DDPM still sees the image as
+        # pretrained, with the dataset's statistics).
+        self.rgb_norm = rgb_norm
         chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
         self.norm = StreamNorm(chans) if self.uses_streams and feature_norm else None
         self.head_streams = HeadStreams(chans, head_fusion) if self.uses_streams and head_fusion else None
@@ -159,10 +177,13 @@ class DiffHRNet(nn.Module):
         return logits[..., :h, :w]
 
     def image_input(self, x: torch.Tensor) -> torch.Tensor:
-        """HRNet's input: the image, zeroed per sample with probability ``rgb_dropout`` in training,
-        always zeroed when it is 1 (so training and scoring see the same model)."""
+        """HRNet's input: the image (standardised per window with ``rgb_norm="window"``), zeroed per
+        sample with probability ``rgb_dropout`` in training, always zeroed when it is 1 (so training
+        and scoring see the same model)."""
         if self.rgb_dropout >= 1.0:
             return torch.zeros_like(x)
+        if self.rgb_norm == "window":
+            x = window_standardised(x)
         if self.rgb_dropout and self.training:
             keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.rgb_dropout
             return x * keep.to(x.dtype)
@@ -222,7 +243,8 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
     if model.method not in SEGMENTERS:
         raise ConfigError(f"unknown method '{model.method}'; choose one of {', '.join(SEGMENTERS)}")
     if model.method == "hrnet":
-        return DiffHRNet(num_classes, bands, model.variant, extractor=None, head_dropout=model.head_dropout)
+        return DiffHRNet(num_classes, bands, model.variant, extractor=None, head_dropout=model.head_dropout,
+                         rgb_norm=model.rgb_norm)
     if bundle is None:
         raise ConfigError(f"method '{model.method}' needs a DDPM bundle")
     if bundle.bands != bands:
@@ -235,7 +257,8 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
                      feature_norm=model.feature_norm, head_fusion=model.head_fusion, aux_weight=model.aux_weight,
                      logit_fusion=model.logit_fusion, residual=model.residual,
                      detach_base=model.detach_base, rgb_dropout=model.rgb_dropout,
-                     correction_scale=model.correction_scale, correction_dropout=model.correction_dropout)
+                     correction_scale=model.correction_scale, correction_dropout=model.correction_dropout,
+                     rgb_norm=model.rgb_norm)
 
 
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:

@@ -445,3 +445,36 @@ def test_every_fused_layer_learns_from_the_first_steps(fx, rgb_dropout):
     dead = [n for n, p in m.named_parameters() if p.requires_grad and n.startswith(("points.", "head.classify.weight"))
             and (p.grad is None or not p.grad.abs().sum() > 0) and "stream_logits" not in n]
     assert dead == []
+
+
+def test_window_standardised_input_has_zero_mean_unit_spread_per_band_and_floors_flat_bands():
+    from diffhrnet_lab.models.segmenters import MIN_WINDOW_STD, window_standardised
+
+    x = torch.stack([torch.tensor([[1.0, 3.0], [1.0, 3.0]]), torch.full((2, 2), 0.7)])[None]  # band 2 is flat
+    out = window_standardised(x)
+    std = torch.tensor([1.0, 3.0, 1.0, 3.0]).std()  # the sample std of band 1's four pixels
+    torch.testing.assert_close(out[0, 0], torch.tensor([[-1.0, 1.0], [-1.0, 1.0]]) / std)
+    torch.testing.assert_close(out[0, 1], torch.zeros(2, 2))  # (0.7 - 0.7) / MIN_WINDOW_STD
+    assert MIN_WINDOW_STD > 0
+
+
+def test_window_normalised_hrnet_does_not_see_a_colour_cast_and_the_dataset_one_does():
+    """A per-band gain and offset (another scene's illumination) changes nothing HRNet sees with
+    ``rgb_norm="window"``; with the dataset's statistics it changes the logits."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    cast = x * torch.tensor([1.3, 0.8, 1.1]).view(1, 3, 1, 1) + torch.tensor([0.2, -0.3, 0.1]).view(1, 3, 1, 1)
+    for norm, same in (("window", True), ("dataset", False)):
+        torch.manual_seed(1)
+        m = DiffHRNet(5, 3, rgb_norm=norm).eval()
+        with torch.no_grad():
+            a, b = m(x), m(cast)
+        if same:
+            torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # float rounding only
+        else:
+            assert (a - b).abs().max() > 1e-2
+
+
+def test_unknown_rgb_norm_lists_the_choices():
+    with pytest.raises(ConfigError, match="model.rgb_norm 'tile': choose one of dataset, window"):
+        DiffHRNet(5, 3, rgb_norm="tile")
