@@ -56,13 +56,17 @@ def timm_state_dict(name: str, variant: str | None = None) -> dict[str, torch.Te
 
 def load_timm_backbone(backbone: HRNetBackbone, spec: str) -> None:
     """Start ``backbone`` from timm's ImageNet weights: ``spec`` is a timm model name or a local
-    safetensors file of a timm ``hrnet_*`` state dict (today's offline path)."""
+    safetensors file of a timm ``hrnet_*`` state dict (today's offline path), or of our own
+    backbone's (``backbone.safetensors`` of :func:`~diffhrnet_lab.training.distill.distill_backbone`)."""
     if is_weights_file(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise DataError(f"model.init_timm: {path}: file not found (a timm model name such as "
                             f"{TIMM_NAMES[backbone.variant]}.ms_in1k also works)")
         state = load_tensors(path)
+        if set(state) == set(backbone.state_dict()):  # our own backbone's weights (training.distill)
+            backbone.load_state_dict(state)
+            return
     else:
         state = timm_state_dict(spec, backbone.variant)
     backbone.load_state_dict(convert_timm_state_dict(state, backbone))
