@@ -20,6 +20,16 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 
+def _readable(path: Path) -> None:
+    """Give a finished output the permissions of any new file (0666 less the umask, 0644 usually).
+
+    ``mkstemp`` creates 0600 and safetensors writes its files 0600: checkpoints, bundles and
+    feature caches would then be unreadable to the colleagues a run folder is shared with."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
@@ -36,11 +46,9 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     )
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs should be readable like any file
     try:
         yield tmp_path
+        _readable(tmp_path)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
@@ -66,6 +74,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():
+                _readable(f)
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         old = None

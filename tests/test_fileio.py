@@ -34,3 +34,21 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_text(target, "first")
     atomic_write_text(target, "second")
     assert target.read_text() == "second" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_outputs_get_the_permissions_of_any_new_file_not_safetensors_0600(tmp_path):
+    """Checkpoints, bundles and caches must be readable by whoever a run folder is shared with."""
+    import os
+
+    from diffhrnet_lab.fileio import atomic_dir
+
+    umask = os.umask(0o022)
+    try:
+        atomic_save_tensors(tmp_path / "a.safetensors", {"x": torch.zeros(2)})
+        with atomic_dir(tmp_path / "ckpt") as d:
+            save_tensors(d / "model.safetensors", {"x": torch.ones(2)})
+            (d / "model.json").write_text("{}")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "a.safetensors", *(tmp_path / "ckpt").iterdir()]}
+    finally:
+        os.umask(umask)
+    assert modes == {"a.safetensors": 0o644, "model.safetensors": 0o644, "model.json": 0o644}
