@@ -14,14 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffhrnet_lab.config import FeatureConfig
-from diffhrnet_lab.data.datasets import LabelledTiles, find_pairs
-from diffhrnet_lab.data.io import BandStats
-from diffhrnet_lab.data.labels import get_scheme
-from diffhrnet_lab.features.tile_cache import tile_features
-from diffhrnet_lab.inference.evaluate import predict_tile
+from diffhrnet_lab.data.datasets import find_pairs
+from diffhrnet_lab.inference.evaluate import predict_tile, scoring_inputs
 from diffhrnet_lab.inference.metrics import confusion_matrix, scores
-from diffhrnet_lab.models.segmenters import load_segmenter
+from diffhrnet_lab.models.segmenters import saved_features
 
 LAMBDAS = (0.0, 0.5, 1.0)
 TAUS = (None, 0.3, 0.4, 0.5, 0.7, 0.9)  # 0.3, 0.4 added after the first checkpoint (BENCHMARKS round 14)
@@ -30,15 +26,10 @@ out = sys.argv[1]
 for spec in sys.argv[2:]:
     root, fold, name = spec.split(":")
     run = Path(root) / "runs" / fold / name
-    f = json.loads((run / "last" / "model.json").read_text())["features"]
-    fc = FeatureConfig(**{**f, "timesteps": tuple(f["timesteps"]), "blocks": tuple(f["blocks"])})
-    model, meta = load_segmenter(run / "last", fc.checkpoint or None, scoring={"correction_scale": 1.0})
-    scheme = get_scheme(meta["scheme"])
-    ds = LabelledTiles([p for p in pairs if p.group == fold], scheme, stats=BandStats.from_dict(meta["stats"]))
-    fx = model.extractor
-    fx.cache_dir = Path(fc.cache_dir)
-    ds.attach_features(tile_features(fx, [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)],
-                                     window=fc.cache_window, dtype=fc.cache_dtype), [fx.info[b]["stride"] for _, b in fx.keys])
+    fc = saved_features(json.loads((run / "last" / "model.json").read_text()))
+    model, meta, ds = scoring_inputs(run / "last", [p for p in pairs if p.group == fold], fc,
+                                     scoring={"correction_scale": 1.0})
+    scheme = ds.scheme
     model.eval()
     k = scheme.num_classes
     cms = {c: torch.zeros(k, k, dtype=torch.int64) for c in itertools.product(LAMBDAS, TAUS)}

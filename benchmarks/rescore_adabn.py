@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from diffhrnet_lab.config import FeatureConfig
 from diffhrnet_lab.data.datasets import find_pairs
 from diffhrnet_lab.inference.evaluate import score_checkpoint
+from diffhrnet_lab.models.segmenters import saved_features
 
 
 def main() -> None:
@@ -46,8 +46,7 @@ def main() -> None:
                     if not todo or not (run / "summary.json").exists():
                         continue
                     meta = json.loads((run / "last" / "model.json").read_text())
-                    f = meta["features"]
-                    fc = FeatureConfig(**{**f, "timesteps": tuple(f["timesteps"]), "blocks": tuple(f["blocks"])})
+                    fc = saved_features(meta)
                     held = [p for p in pairs if p.group == fold]
                     for x, (_, _, sc) in zip(todo, score_checkpoint(run / "last", held, fc, adapt=todo,
                                                                      adapt_within=a.within)):

@@ -12,9 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from diffhrnet_lab.config import FeatureConfig
 from diffhrnet_lab.data.datasets import find_pairs
 from diffhrnet_lab.inference.evaluate import score_checkpoint
+from diffhrnet_lab.models.segmenters import saved_features
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
                 run = Path(a.root) / "runs" / fold / f"{a.method}_b{budget}_s{seed}"
                 if not (run / "summary.json").exists():
                     continue
-                f = json.loads((run / "last" / "model.json").read_text())["features"]
-                fc = FeatureConfig(**{**f, "timesteps": tuple(f["timesteps"]), "blocks": tuple(f["blocks"])})
+                fc = saved_features(json.loads((run / "last" / "model.json").read_text()))
                 held = [p for p in pairs if p.group == fold]
                 for lam in map(float, a.lambdas.split(",")):
                     # correction_scale is the λ of this diagnostic (scoring only; 0: the base alone)

@@ -5,8 +5,8 @@
 import json, sys, time
 from pathlib import Path
 import torch
-from diffhrnet_lab.config import FeatureConfig
 from diffhrnet_lab.data.datasets import find_pairs
+from diffhrnet_lab.models.segmenters import saved_features
 import diffhrnet_lab.inference.evaluate as ev
 
 VIEWS = [(k, f) for f in (False, True) for k in range(4)]
@@ -39,8 +39,7 @@ root, out = Path("runs/le_screen/runs"), sys.argv[2]
 for spec in sys.argv[3:]:
     fold, method, budget = spec.split(":")
     run = root / fold / f"{method}_b{budget}_s10"
-    f = json.loads((run / "last" / "model.json").read_text())["features"]
-    fc = FeatureConfig(**{**f, "timesteps": tuple(f["timesteps"]), "blocks": tuple(f["blocks"])})
+    fc = saved_features(json.loads((run / "last" / "model.json").read_text()))
     held = [p for p in pairs if p.group == fold]
     t = time.time()
     sc = ev.score_checkpoint(run / "last", held, fc, scoring={"correction_scale": 0.5} if method.startswith("ms_res") else None)[2].as_dict()

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from diffhrnet_lab.config import FeatureConfig
 from diffhrnet_lab.data.datasets import LabelledTiles, find_pairs
 from diffhrnet_lab.data.io import BandStats
 from diffhrnet_lab.features.tile_cache import tile_features
 from diffhrnet_lab.inference.evaluate import validate
 from diffhrnet_lab.inference.metrics import scores
-from diffhrnet_lab.models.segmenters import load_segmenter
+from diffhrnet_lab.models.segmenters import load_segmenter, saved_features
 
 
 def compare(run: Path) -> dict:
@@ -29,8 +28,7 @@ def compare(run: Path) -> dict:
     pairs = [p for p in find_pairs(meta["data"]["root"]) if p.group in meta["data"]["val_groups"]]
     ds = LabelledTiles(pairs, meta["scheme"], BandStats.from_dict(meta["stats"]))
     if meta["model"]["method"] != "hrnet":
-        fc = FeatureConfig(**{**meta["features"], "timesteps": tuple(meta["features"]["timesteps"]),
-                              "blocks": tuple(meta["features"]["blocks"])})
+        fc = saved_features(meta)
         fx = model.extractor
         fx.cache_dir = Path(fc.cache_dir) if fc.cache_dir else None
         ds.attach_features(tile_features(fx, [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)],

@@ -70,6 +70,24 @@ def validate(model: nn.Module, ds: LabelledTiles, window: int, device, progress:
     return cm, preds
 
 
+def scoring_inputs(checkpoint: str | os.PathLike, pairs: Sequence, features=None,
+                   scoring: dict[str, Any] | None = None) -> tuple[nn.Module, dict, LabelledTiles]:
+    """What :func:`score_checkpoint` scores: the saved segmenter (with ``scoring`` settings), its
+    metadata and the labelled tiles normalised with its statistics, carrying their whole-tile DDPM
+    features from the cache when ``features`` caches them."""
+    from ..features.tile_cache import tile_features
+
+    model, meta = load_segmenter(checkpoint, getattr(features, "checkpoint", "") or None, scoring=scoring)
+    ds = LabelledTiles(list(pairs), get_scheme(meta["scheme"]), stats=BandStats.from_dict(meta["stats"]))
+    fx = getattr(model, "extractor", None)
+    if fx is not None and features is not None and features.cache:
+        fx.cache_dir = Path(features.cache_dir)
+        items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
+        ds.attach_features(tile_features(fx, items, window=features.cache_window, progress=False,
+                                         dtype=features.cache_dtype), [fx.info[b]["stride"] for _, b in fx.keys])
+    return model, meta, ds
+
+
 def score_checkpoint(checkpoint: str | os.PathLike, pairs: Sequence, features=None, window: int | None = None,
                      device: str = "cpu", adapt: int | Sequence[int] = 0, adapt_within: str = "",
                      scoring: dict[str, Any] | None = None) -> tuple[torch.Tensor, list, Any]:
@@ -83,17 +101,8 @@ def score_checkpoint(checkpoint: str | os.PathLike, pairs: Sequence, features=No
     notebook 03, the sweeps).  ``adapt``: see :func:`validate`; a list scores the checkpoint once
     per value and returns a list of results.  ``scoring``: scoring-only model settings used instead
     of the checkpoint's (:func:`~diffhrnet_lab.models.segmenters.load_segmenter`)."""
-    from ..features.tile_cache import tile_features
-
-    model, meta = load_segmenter(checkpoint, getattr(features, "checkpoint", "") or None, scoring=scoring)
-    scheme = get_scheme(meta["scheme"])
-    ds = LabelledTiles(list(pairs), scheme, stats=BandStats.from_dict(meta["stats"]))
-    fx = getattr(model, "extractor", None)
-    if fx is not None and features is not None and features.cache:
-        fx.cache_dir = Path(features.cache_dir)
-        items = [(p.id, torch.from_numpy(im)) for p, im in zip(ds.pairs, ds.images)]
-        ds.attach_features(tile_features(fx, items, window=features.cache_window, progress=False,
-                                         dtype=features.cache_dtype), [fx.info[b]["stride"] for _, b in fx.keys])
+    model, meta, ds = scoring_inputs(checkpoint, pairs, features, scoring)
+    scheme = ds.scheme
     window = window or int(meta.get("eval_window") or 128)
     results = []
     for a in ([adapt] if isinstance(adapt, int) else adapt):

@@ -48,7 +48,8 @@ def parse_stages(stages: str | Sequence[int]) -> tuple[int, ...]:
 
 
 class Adapter(nn.Module):
-    """One stream → one branch: 1x1 conv + BN, resized to the branch (pool down before, upsample after)."""
+    """One stream → one branch: 1x1 conv + BN, upsampled to the branch when coarser (a finer stream
+    arrives already pooled to the branch: :class:`PooledStreams`)."""
 
     def __init__(self, cin: int, cout: int, zero_init: bool = False):
         super().__init__()
@@ -58,8 +59,6 @@ class Adapter(nn.Module):
             nn.init.zeros_(self.bn.weight)
 
     def forward(self, f: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        if f.shape[-2] > size[0]:
-            f = F.adaptive_avg_pool2d(f, size)
         y = self.bn(self.proj(f))
         if y.shape[-2:] != size:
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -94,9 +93,7 @@ class FusionPoint(nn.Module):
 
     def forward(self, x: torch.Tensor, streams: "Sequence[torch.Tensor] | PooledStreams") -> torch.Tensor:
         size = x.shape[-2:]
-        if isinstance(streams, PooledStreams):
-            streams = streams.at(size)
-        adapted = [a(s, size) for a, s in zip(self.adapters, streams)]
+        adapted = [a(s, size) for a, s in zip(self.adapters, PooledStreams.of(streams).at(size))]
         if self.op == "concat":
             return self.mix(torch.cat([x, *adapted], 1))
         if self.op == "add":
@@ -117,6 +114,10 @@ class PooledStreams:
     def __init__(self, streams: Sequence[torch.Tensor]):
         self.streams = list(streams)
         self._at: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    @classmethod
+    def of(cls, streams: "Sequence[torch.Tensor] | PooledStreams") -> "PooledStreams":
+        return streams if isinstance(streams, cls) else cls(streams)
 
     def at(self, size: torch.Size) -> list[torch.Tensor]:
         key = (int(size[0]), int(size[1]))
@@ -154,11 +155,9 @@ class HeadStreams(nn.Module):
         self.proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width),
                                                 nn.ReLU(inplace=True)) for c in stream_channels)
 
-    def forward(self, streams: Sequence[torch.Tensor], size: torch.Size) -> torch.Tensor:
+    def forward(self, streams: "Sequence[torch.Tensor] | PooledStreams", size: torch.Size) -> torch.Tensor:
         out = []
-        for p, s in zip(self.proj, streams):
-            if s.shape[-2] > size[0]:
-                s = F.adaptive_avg_pool2d(s, size)
+        for p, s in zip(self.proj, PooledStreams.of(streams).at(size)):
             y = p(s)
             out.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False) if y.shape[-2:] != size else y)
         return torch.cat(out, 1)

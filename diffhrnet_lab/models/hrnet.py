@@ -239,6 +239,12 @@ class HRNetBackbone(nn.Module):
         return xs
 
 
+def concat_at_first(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """HRNetV2's representation (§3): every branch upsampled to the first (1/4) and concatenated."""
+    size = xs[0].shape[-2:]
+    return torch.cat([xs[0]] + [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in xs[1:]], 1)
+
+
 class HRNetV2Head(nn.Module):
     """Upsample every branch to 1/4, concatenate, 1x1 conv + BN + ReLU, classify (HRNetV2, §3)."""
 
@@ -250,9 +256,7 @@ class HRNetV2Head(nn.Module):
         self.classify = nn.Conv2d(total, num_classes, 1)
 
     def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        size = xs[0].shape[-2:]
-        x = torch.cat([xs[0]] + [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in xs[1:]], 1)
-        return self.classify(self.drop(self.mix(x)))
+        return self.classify(self.drop(self.mix(concat_at_first(xs))))
 
 
 _TIMM_RENAMES = [

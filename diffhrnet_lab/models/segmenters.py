@@ -161,7 +161,7 @@ class DiffHRNet(nn.Module):
 
         branches = self.backbone(self.image_input(xp), fuse if self.stages else None)
         if self.head_streams is not None:
-            branches = [*branches, self.head_streams(streams, branches[0].shape[-2:])]
+            branches = [*branches, self.head_streams(pooled, branches[0].shape[-2:])]
         logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
         if self.aux is not None:
             aux = self.aux.classify_streams(streams, xp.shape[-2:], xp.dtype)
@@ -261,6 +261,13 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
                      rgb_norm=model.rgb_norm)
 
 
+def saved_features(meta: dict[str, Any]) -> FeatureConfig:
+    """The :class:`FeatureConfig` a checkpoint's ``model.json`` (``meta``) was trained with (JSON
+    keeps its tuples as lists)."""
+    f = meta["features"]
+    return FeatureConfig(**{**f, "timesteps": tuple(f["timesteps"]), "blocks": tuple(f["blocks"])})
+
+
 def save_segmenter(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     with atomic_dir(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()},
@@ -312,8 +319,7 @@ def load_segmenter(path: str | os.PathLike, ddpm_path: str | os.PathLike | None 
         raise ConfigError(f"{unknown}: not scoring-only model settings ({', '.join(SCORING_ONLY)}); they change "
                           "what a model learns, so a checkpoint cannot be scored with another value")
     meta["model"] = {**meta["model"], **(scoring or {})}
-    mc, fc = ModelConfig(**{**MODEL_FIELDS_BEFORE, **meta["model"]}), FeatureConfig(**{**meta["features"], "timesteps": tuple(meta["features"]["timesteps"]),
-                                                            "blocks": tuple(meta["features"]["blocks"])})
+    mc, fc = ModelConfig(**{**MODEL_FIELDS_BEFORE, **meta["model"]}), saved_features(meta)
     for key, want in (expect or {}).items():
         have = meta["num_classes"] if key == "num_classes" else getattr(mc, key, meta.get(key))
         if have != want:

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from ..data.datasets import aligned_crop_d4
 from ..data.io import read_tile
 from ..errors import DataError
-from ..fileio import atomic_dir, atomic_write_json
-from ..models.hrnet import HRNetBackbone
+from ..fileio import atomic_dir, atomic_write_json, save_tensors
+from ..models.hrnet import HRNetBackbone, concat_at_first
 from .schedules import poly_with_warmup
 
 
@@ -59,10 +59,7 @@ class Student(nn.Module):
         self.proj = nn.Conv2d(sum(self.backbone.out_channels), out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = self.backbone(x)
-        size = branches[0].shape[-2:]
-        return self.proj(torch.cat([branches[0]] + [F.interpolate(b, size=size, mode="bilinear", align_corners=False)
-                                                     for b in branches[1:]], 1))
+        return self.proj(concat_at_first(self.backbone(x)))
 
 
 def stream_stats(features: Sequence[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +86,6 @@ def distill_backbone(images: Sequence[np.ndarray], features: Sequence[Sequence[t
     DDPM ``features`` (one list of streams per image, at ``strides``); write the backbone's weights
     to ``out/backbone.safetensors`` (what ``model.init_timm`` loads) with ``out/distill.json``.
     Returns the summary (first and last losses)."""
-    from safetensors.torch import save_file
-
     cfg = cfg or DistillConfig()
     if len(images) != len(features) or not images:
         raise DataError(f"distillation needs features for every image: {len(images)} image(s), {len(features)} feature set(s)")
@@ -124,8 +119,7 @@ def distill_backbone(images: Sequence[np.ndarray], features: Sequence[Sequence[t
                "images": len(images), "first_loss": float(np.mean(losses[:10])), "last_loss": float(np.mean(losses[-10:])),
                "seconds": round(time.time() - t0, 1), **(meta or {})}
     with atomic_dir(Path(out)) as tmp:
-        save_file({k: v.contiguous() for k, v in student.backbone.state_dict().items()}, str(tmp / "backbone.safetensors"),
-                  metadata={"format": "pt", "diffhrnet_lab": "hrnet_backbone"})
+        save_tensors(tmp / "backbone.safetensors", student.backbone.state_dict())
         atomic_write_json(tmp / "distill.json", summary)
     return summary
 
@@ -141,13 +135,13 @@ def distill_from_folder(data: str | Path, ddpm: str | Path, out: str | Path, cac
     from ..features.tile_cache import tile_features
 
     root = Path(data)
-    paths = list_tiles(root / "images" if (root / "images").is_dir() else root)
+    base = root / "images" if (root / "images").is_dir() else root
+    paths = list_tiles(base)
     if not paths:
         raise DataError(f"{root}: no images to distil on")
     bundle = load_bundle(ddpm)
     fx = FeatureExtractor.from_bundle(bundle, tuple(timesteps), tuple(blocks))
     fx.cache_dir = Path(cache_dir) if cache_dir else None
-    base = root / "images" if (root / "images").is_dir() else root
     images = [bundle.stats.normalise(read_tile(p, expected_bands=bundle.bands).image, str(p)) for p in paths]
     ids = [p.relative_to(base).with_suffix("").as_posix() for p in paths]
     feats = tile_features(fx, [(i, torch.from_numpy(im)) for i, im in zip(ids, images)], window=window, progress=progress)

@@ -450,12 +450,13 @@ def test_every_fused_layer_learns_from_the_first_steps(fx, rgb_dropout):
 def test_window_standardised_input_has_zero_mean_unit_spread_per_band_and_floors_flat_bands():
     from diffhrnet_lab.models.segmenters import MIN_WINDOW_STD, window_standardised
 
-    x = torch.stack([torch.tensor([[1.0, 3.0], [1.0, 3.0]]), torch.full((2, 2), 0.7)])[None]  # band 2 is flat
+    nearly_flat = torch.tensor([[0.7, 0.702], [0.7, 0.702]])  # spread 0.00115, far below the floor
+    x = torch.stack([torch.tensor([[1.0, 3.0], [1.0, 3.0]]), nearly_flat])[None]
     out = window_standardised(x)
     std = torch.tensor([1.0, 3.0, 1.0, 3.0]).std()  # the sample std of band 1's four pixels
     torch.testing.assert_close(out[0, 0], torch.tensor([[-1.0, 1.0], [-1.0, 1.0]]) / std)
-    torch.testing.assert_close(out[0, 1], torch.zeros(2, 2))  # (0.7 - 0.7) / MIN_WINDOW_STD
-    assert MIN_WINDOW_STD > 0
+    # divided by the floor, not by its own spread (which would give ±0.87)
+    torch.testing.assert_close(out[0, 1], torch.tensor([[-0.001, 0.001], [-0.001, 0.001]]) / MIN_WINDOW_STD)
 
 
 def test_window_normalised_hrnet_does_not_see_a_colour_cast_and_the_dataset_one_does():

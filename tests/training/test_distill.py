@@ -28,7 +28,7 @@ def test_distillation_learns_a_function_of_the_image_and_its_weights_start_fine_
              for im in images]
     summary = distill_backbone(images, feats, [2, 4], tmp_path / "d", cfg=DistillConfig(steps=60, batch=4, crop=64),
                                progress=False)
-    assert summary["last_loss"] < 0.9 < 1.0 < summary["first_loss"]
+    assert summary["first_loss"] > 1.0 and summary["last_loss"] < 0.9
     saved = load_tensors(tmp_path / "d" / "backbone.safetensors")
     model = DiffHRNet(5, 3)
     load_timm_backbone(model.backbone, str(tmp_path / "d" / "backbone.safetensors"))
