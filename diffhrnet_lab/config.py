@@ -181,6 +181,7 @@ class ModelConfig:
     correction_dropout: float = 0.0  # residual model, training: chance HRNet's correction is left out for a sample
     correction_scale: float = 0.5  # residual model, scoring only: share of HRNet's correction kept (BENCHMARKS.md round 9)
     rgb_norm: str = "dataset"  # HRNet's image input: dataset band statistics, or "window": each crop/window standardised per band
+    correction: str = "logits"  # residual model: HRNet adds logits, or "propagate": it only spreads the base's along the image
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
 
 
@@ -189,7 +190,7 @@ class ModelConfig:
 MODEL_FIELDS_BEFORE = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False,
                        "residual": False, "detach_base": False, "rgb_lr": 1.0,
                        "rgb_dropout": 0.0, "correction_scale": 1.0, "correction_dropout": 0.0,
-                       "rgb_norm": "dataset"}
+                       "rgb_norm": "dataset", "correction": "logits"}
 # ModelConfig fields that change how trained weights are scored, not what they learn: a finished run
 # is scored again with a new value (experiments.label_efficiency) instead of being trained again
 SCORING_ONLY = ("correction_scale",)

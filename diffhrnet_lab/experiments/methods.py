@@ -16,7 +16,7 @@ from ..errors import ConfigError
 # variant means the same model whatever the profile's Diff-HRNet defaults are
 _PLAIN = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False, "residual": False,
           "detach_base": False, "rgb_lr": 1.0, "rgb_dropout": 0.0, "correction_scale": 1.0,
-          "correction_dropout": 0.0, "rgb_norm": "dataset"}
+          "correction_dropout": 0.0, "rgb_norm": "dataset", "correction": "logits"}
 
 # name → (label for tables and plots, ModelConfig changes)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -67,6 +67,10 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ms_res_inorm": ("ms_res_half, HRNet's input standardised per window", {
         **_PLAIN, "method": "diffhrnet", "stages": "multistage", "feature_norm": True, "residual": True,
         "correction_scale": 0.5, "rgb_norm": "window"}),
+    # round 15: HRNet only propagates the base's logits (where regions end), adding no class evidence
+    "ms_prop": ("ms_res, HRNet propagates the base's logits", {
+        **_PLAIN, "method": "diffhrnet", "stages": "multistage", "feature_norm": True, "residual": True,
+        "correction": "propagate"}),
 }
 
 

@@ -215,3 +215,44 @@ def __getattr__(name: str):
 
         return getattr(segmenters, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- HRNet moves the pixel classifier's classes along the image (BENCHMARKS.md round 15) -----------
+PROPAGATION_DILATIONS = (1, 2, 4, 8)
+NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # the centre is index 4
+CENTRE_START = 4.0  # classifier bias of the centre weight at step 0: each round keeps 87 % of the pixel
+
+
+def propagation_channels(dilations: Sequence[int] = PROPAGATION_DILATIONS) -> int:
+    return len(NEIGHBOURS) * len(dilations)
+
+
+def start_near_identity(classify: nn.Conv2d, dilations: Sequence[int] = PROPAGATION_DILATIONS) -> None:
+    """Zero weights and a centre bias: the propagation starts as a slight blur of the base, whatever
+    HRNet computes, and HRNet's layers still get gradients through the weights."""
+    nn.init.zeros_(classify.weight)
+    with torch.no_grad():
+        classify.bias.zero_()
+        classify.bias[NEIGHBOURS.index((0, 0))::len(NEIGHBOURS)] = CENTRE_START
+
+
+def propagate(logits: torch.Tensor, affinity: torch.Tensor,
+              dilations: Sequence[int] = PROPAGATION_DILATIONS) -> torch.Tensor:
+    """Spatial propagation (CSPN, Cheng et al. 2018): for each dilation d in turn, every pixel's
+    logits become a convex mix of its own and its 8 neighbours' at distance d, with per-pixel weights
+    ``softmax(affinity)`` (``(B, 9 · len(dilations), H, W)``, at the logits' size).  The mix cannot
+    create class evidence, only move it: a network that predicts the weights from the image decides
+    *where* regions end, the logits it propagates *what* they are.  Borders repeat the edge pixel."""
+    if affinity.shape[1] != propagation_channels(dilations):
+        raise ConfigError(f"propagation needs {propagation_channels(dilations)} affinity channels, "
+                          f"got {affinity.shape[1]}")
+    h, w = logits.shape[-2:]
+    k = len(NEIGHBOURS)
+    for i, d in enumerate(dilations):
+        weights = affinity[:, k * i:k * (i + 1)].float().softmax(1)
+        padded = F.pad(logits, (d, d, d, d), mode="replicate")
+        mixed = torch.zeros_like(logits)
+        for j, (dy, dx) in enumerate(NEIGHBOURS):
+            mixed = mixed + weights[:, j:j + 1] * padded[..., d + dy * d:d + dy * d + h, d + dx * d:d + dx * d + w]
+        logits = mixed
+    return logits

@@ -28,11 +28,13 @@ from ..ddpm.unet import bundle_weights, load_bundle
 from ..errors import ConfigError, DataError
 from ..features.extractor import FeatureExtractor, file_hash
 from ..fileio import atomic_dir, atomic_write_json
-from .fusion import FusionPoint, HeadStreams, PooledStreams, StreamNorm, parse_stages, pixel_mlp
+from .fusion import (FusionPoint, HeadStreams, PooledStreams, StreamNorm, parse_stages, pixel_mlp, propagate,
+                     propagation_channels, start_near_identity)
 from .hrnet import HRNetBackbone, HRNetV2Head
 
 SEGMENTERS = ("hrnet", "diffhrnet", "ddpm_mlp")
 RGB_NORMS = ("dataset", "window")
+CORRECTIONS = ("logits", "propagate")
 MIN_WINDOW_STD = 0.1  # a flat window (water, a roof) is not stretched beyond 10x: its noise is not signal
 
 
@@ -58,7 +60,7 @@ class DiffHRNet(nn.Module):
                  head_dropout: float = 0.1, feature_norm: bool = False, head_fusion: int = 0,
                  aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False,
                  detach_base: bool = False, rgb_dropout: float = 0.0, correction_scale: float = 1.0,
-                 correction_dropout: float = 0.0, rgb_norm: str = "dataset"):
+                 correction_dropout: float = 0.0, rgb_norm: str = "dataset", correction: str = "logits"):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
@@ -103,11 +105,23 @@ class DiffHRNet(nn.Module):
         # window per band removes that shift before HRNet sees it (the DDPM still sees the image as
         # pretrained, with the dataset's statistics).
         self.rgb_norm = rgb_norm
+        if correction not in CORRECTIONS:
+            raise ConfigError(f"model.correction '{correction}': choose one of {', '.join(CORRECTIONS)}")
+        if correction == "propagate" and not (residual and self.uses_streams):
+            raise ConfigError("model.correction=propagate moves the pixel-classifier base's logits along the image: "
+                              "it needs model.residual=true (method diffhrnet)")
+        if correction == "propagate" and (correction_scale != 1.0 or correction_dropout):
+            raise ConfigError("model.correction=propagate has no logits of HRNet's to scale or drop: "
+                              "set model.correction_scale=1 and model.correction_dropout=0")
+        # round 15: HRNet outputs where the base's classes spread (3x3 mixing weights per pixel and
+        # dilation), not class evidence of its own, which rounds 5-14 found does not carry to new scenes
+        self.correction = correction
         chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
         self.norm = StreamNorm(chans) if self.uses_streams and feature_norm else None
         self.head_streams = HeadStreams(chans, head_fusion) if self.uses_streams and head_fusion else None
         extra = [self.head_streams.width] if self.head_streams else []
-        self.head = HRNetV2Head(list(self.backbone.out_channels) + extra, num_classes, dropout=head_dropout)
+        head_out = propagation_channels() if correction == "propagate" else num_classes
+        self.head = HRNetV2Head(list(self.backbone.out_channels) + extra, head_out, dropout=head_dropout)
         self.aux = pixel_mlp(sum(chans), num_classes) if self.uses_streams and (aux_weight or residual) else None
         self.aux_weight, self.logit_fusion = aux_weight, logit_fusion or (residual and self.uses_streams)
         # the base is then trained exactly as the DDPM pixel classifier is, and HRNet only corrects it
@@ -115,8 +129,11 @@ class DiffHRNet(nn.Module):
         if residual and self.uses_streams:
             # ControlNet's zero convolution: at step 0 the model *is* the pixel classifier, and HRNet
             # only adds what lowers the loss from there (a warm start inside one run)
-            nn.init.zeros_(self.head.classify.weight)
-            nn.init.zeros_(self.head.classify.bias)
+            if correction == "propagate":
+                start_near_identity(self.head.classify)
+            else:
+                nn.init.zeros_(self.head.classify.weight)
+                nn.init.zeros_(self.head.classify.bias)
         self.aux_logits: torch.Tensor | None = None
         if self.uses_streams:
             self.ddpm = extractor.unet
@@ -165,7 +182,9 @@ class DiffHRNet(nn.Module):
         logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
         if self.aux is not None:
             aux = self.aux.classify_streams(streams, xp.shape[-2:], xp.dtype)
-            if self.logit_fusion:
+            if self.correction == "propagate":
+                logits = propagate(aux, logits)
+            elif self.logit_fusion:
                 if self.correction_scale != 1.0 and not self.training:
                     logits = self.correction_scale * logits
                 if self.correction_dropout and self.training:
@@ -258,7 +277,7 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
                      logit_fusion=model.logit_fusion, residual=model.residual,
                      detach_base=model.detach_base, rgb_dropout=model.rgb_dropout,
                      correction_scale=model.correction_scale, correction_dropout=model.correction_dropout,
-                     rgb_norm=model.rgb_norm)
+                     rgb_norm=model.rgb_norm, correction=model.correction)
 
 
 def saved_features(meta: dict[str, Any]) -> FeatureConfig:

@@ -479,3 +479,57 @@ def test_window_normalised_hrnet_does_not_see_a_colour_cast_and_the_dataset_one_
 def test_unknown_rgb_norm_lists_the_choices():
     with pytest.raises(ConfigError, match="model.rgb_norm 'tile': choose one of dataset, window"):
         DiffHRNet(5, 3, rgb_norm="tile")
+
+
+def test_propagation_is_a_per_pixel_convex_mix_of_neighbours_at_each_dilation():
+    """``fusion.propagate`` on a known case: weights all on one neighbour move the logits by the
+    dilation (edge pixels repeated), uniform weights average the 3x3 neighbourhood, and a constant
+    map stays constant whatever the weights (a convex mix creates no class evidence)."""
+    from diffhrnet_lab.models.fusion import NEIGHBOURS, propagate
+
+    x = torch.arange(2 * 6 * 7, dtype=torch.float32).reshape(1, 2, 6, 7)
+    right = torch.full((1, 9, 6, 7), -1e4)
+    right[:, NEIGHBOURS.index((0, 1))] = 0.0  # every pixel takes its right-hand neighbour at distance d
+    moved = propagate(x, right, dilations=(2,))
+    assert torch.equal(moved[..., :5], x[..., 2:]) and torch.equal(moved[..., 5:], x[..., 6:].expand(-1, -1, -1, 2))
+    uniform = propagate(x, torch.zeros(1, 9, 6, 7), dilations=(1,))
+    assert torch.allclose(uniform[..., 1:-1, 1:-1], torch.nn.functional.avg_pool2d(x, 3, 1)[..., :, :], atol=1e-4)
+    flat = torch.full((1, 2, 6, 7), 3.0)
+    assert torch.allclose(propagate(flat, torch.randn(1, 36, 6, 7)), flat)
+    with pytest.raises(ConfigError, match="needs 36 affinity channels, got 9"):
+        propagate(x, torch.zeros(1, 9, 6, 7))
+
+
+def test_propagating_model_starts_near_its_base_and_hrnet_learns_where_not_what(fx):
+    """``model.correction=propagate`` (round 15): the output is the pixel-classifier base's logits
+    propagated with HRNet's per-pixel weights.  At step 0 (zero weights, centre bias) each round keeps
+    87 % of the pixel, so the output is close to the base; HRNet's layers get gradients; it cannot
+    change a base that is the same everywhere."""
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True,
+                  correction="propagate").eval()
+    x = torch.randn(1, 4, 64, 64)
+    streams = m.norm([fx.compute(x)[k] for k in fx.keys])
+    up = torch.cat([torch.nn.functional.interpolate(f, size=(64, 64), mode="bilinear", align_corners=False)
+                    for f in streams], 1)
+    with torch.no_grad():
+        out, base = m(x), m.aux(up)
+    assert m.head.classify.out_channels == 36
+    rel = (out - base).norm() / base.norm()
+    assert 0 < rel < 0.2
+    torch.manual_seed(0)
+    m = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True,
+                  correction="propagate").train()
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    y = torch.randint(0, 5, (1, 64, 64))
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    assert m.backbone.stem.conv1.weight.grad.abs().sum() > 0 and m.aux[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="needs model.residual=true"):
+        DiffHRNet(5, 4, "w18_small", fx, correction="propagate")
+    with pytest.raises(ConfigError, match="set model.correction_scale=1"):
+        DiffHRNet(5, 4, "w18_small", fx, residual=True, correction="propagate", correction_scale=0.5)
+    with pytest.raises(ConfigError, match="choose one of logits, propagate"):
+        DiffHRNet(5, 4, "w18_small", fx, residual=True, correction="blur")
