@@ -170,65 +170,100 @@ def first_per_group(pairs: Sequence[Pair], n: int) -> list[Pair]:
 
 
 # -- augmentation ------------------------------------------------------------------------------
+def _pad_crop(a: np.ndarray, crop: int, value: float) -> np.ndarray:
+    """A crop cut from a tile smaller than ``crop``, padded at the bottom and right to ``crop``²:
+    the same pixels as cutting it from the padded tile, without copying the whole tile first."""
+    ph, pw = crop - a.shape[-2], crop - a.shape[-1]
+    if not (ph or pw):
+        return a
+    return np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)], constant_values=value)
+
+
 def random_crop_d4(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop: int | None,
-                   augment: bool, pad_values: Sequence[float]) -> list[np.ndarray]:
+                   augment: bool, pad_values: Sequence[float], geometry: list | None = None) -> list[np.ndarray]:
     """Crop all ``arrays`` (``(..., H, W)``) at one random offset and apply one dihedral transform.
 
     Tiles smaller than ``crop`` are padded (with ``pad_values``: the mask's ignore index, so the
-    padding counts in no loss or metric).
+    padding counts in no loss or metric).  ``geometry``, when given, receives what
+    :func:`padding_masks` needs to find the padded pixels again (rows and columns of the tile
+    inside the crop before the transform, quarter turns, flip).
     """
     h, w = arrays[0].shape[-2:]
     out = list(arrays)
-    if crop is not None:
-        ph, pw = max(0, crop - h), max(0, crop - w)
-        if ph or pw:
-            out = [np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)], constant_values=v)
-                   for a, v in zip(out, pad_values)]
-            h, w = out[0].shape[-2:]
-        y = int(rng.integers(0, h - crop + 1))
-        x = int(rng.integers(0, w - crop + 1))
-        out = [a[..., y:y + crop, x:x + crop] for a in out]
+    k = flip = 0
+    if crop is None:
+        rows, cols = h, w
+    else:
+        y = int(rng.integers(0, max(h, crop) - crop + 1))
+        x = int(rng.integers(0, max(w, crop) - crop + 1))
+        out = [_pad_crop(a[..., y:y + crop, x:x + crop], crop, v) for a, v in zip(out, pad_values)]
+        rows, cols = min(crop, h - y), min(crop, w - x)
     if augment:
         k = int(rng.integers(4))
         flip = bool(rng.integers(2))
         out = [np.rot90(a, k, axes=(-2, -1)) for a in out]
         if flip:
             out = [a[..., ::-1] for a in out]
+    if geometry is not None:
+        geometry.extend([rows, cols, k, int(flip)])
     return [np.ascontiguousarray(a) for a in out]
 
 
+def padding_masks(geometry: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, size, size)`` bool, True on the pixels of each crop that came from its tile and False on
+    its padding, from ``geometry`` (``(B, 4)``: tile rows R and columns C in the crop, quarter turns
+    k, flip, as :func:`random_crop_d4` records them).  Before the transform the tile's pixels are
+    the top-left R x C rectangle; turns and flips keep it a rectangle against one corner (np.rot90:
+    k = 1 moves it to the bottom left, 2 bottom right, 3 top right, and swaps R and C for odd k), so
+    each mask is a product of a row and a column test.  Computed where ``geometry`` is, with no
+    copy to the host."""
+    rows, cols, k, flip = (geometry[:, j, None] for j in range(4))
+    odd = k % 2 == 1
+    height, width = torch.where(odd, cols, rows), torch.where(odd, rows, cols)
+    bottom = (k == 1) | (k == 2)
+    right = ((k == 2) | (k == 3)) ^ (flip == 1)
+    i = torch.arange(size, device=geometry.device, dtype=geometry.dtype)[None]
+    row_ok = torch.where(bottom, i >= size - height, i < height)
+    col_ok = torch.where(right, i >= size - width, i < width)
+    return row_ok[:, :, None] & col_ok[:, None, :]
+
+
 def aligned_crop_d4(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, streams: Sequence[torch.Tensor],
-                    strides: Sequence[int], crop: int, augment: bool, ignore_index: int
+                    strides: Sequence[int], crop: int, augment: bool, ignore_index: int,
+                    geometry: list | None = None, cast: bool = True
                     ) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
     """:func:`random_crop_d4` for a tile whose DDPM features were computed once (the feature cache).
 
     The crop offset is a multiple of the coarsest feature stride, so each feature map is cropped
     at exactly the pixels under the image crop; the same dihedral transform then turns image,
-    mask and features alike.
+    mask and features alike.  ``cast=False`` keeps the features in their stored dtype (float16):
+    half the bytes for a loader's workers to hand over; the cast to float32 is exact wherever it
+    happens.
     """
     align = max(strides)
     if crop % align:
         raise DataError(f"crop size {crop} must be a multiple of the coarsest feature stride {align}")
     h, w = image.shape[-2:]
-    ph, pw = max(0, crop - h), max(0, crop - w)
-    if ph or pw:
-        image = np.pad(image, ((0, 0), (0, ph), (0, pw)))
-        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=ignore_index)
-        h, w = image.shape[-2:]
-    y = align * int(rng.integers(0, (h - crop) // align + 1))
-    x = align * int(rng.integers(0, (w - crop) // align + 1))
-    image, mask = image[:, y:y + crop, x:x + crop], mask[y:y + crop, x:x + crop]
+    y = align * int(rng.integers(0, (max(h, crop) - crop) // align + 1))
+    x = align * int(rng.integers(0, (max(w, crop) - crop) // align + 1))
+    image = _pad_crop(image[:, y:y + crop, x:x + crop], crop, 0)
+    mask = _pad_crop(mask[y:y + crop, x:x + crop], crop, ignore_index)
+    rows, cols = min(crop, h - y), min(crop, w - x)
     feats = []
     for f, s in zip(streams, strides):
-        fc = f[:, y // s:(y + crop) // s, x // s:(x + crop) // s].float()
+        fc = f[:, y // s:(y + crop) // s, x // s:(x + crop) // s]
+        fc = fc.float() if cast else fc
         fh, fw = crop // s - fc.shape[-2], crop // s - fc.shape[-1]
         feats.append(torch.nn.functional.pad(fc, (0, fw, 0, fh)) if fh or fw else fc)
+    k = flip = 0
     if augment:
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         image, mask = np.rot90(image, k, axes=(-2, -1)), np.rot90(mask, k, axes=(-2, -1))
         feats = [torch.rot90(f, k, dims=(-2, -1)) for f in feats]
         if flip:
             image, mask, feats = image[..., ::-1], mask[..., ::-1], [f.flip(-1) for f in feats]
+    if geometry is not None:
+        geometry.extend([rows, cols, k, int(flip)])
     return np.ascontiguousarray(image), np.ascontiguousarray(mask), [f.contiguous() for f in feats]
 
 
@@ -261,18 +296,47 @@ def _check_not_nodata(image: np.ndarray, nodata: float | None, path: Path) -> No
         raise DataError(f"{path}: every pixel is NaN/inf")
 
 
+def compact_images_for(device: torch.device) -> bool:
+    """Whether training loaders should hand out 8-bit crops (:class:`LabelledTiles`'s
+    ``compact_images``) for ``device``: off the CPU, where a batch is pinned and copied to the
+    device and normalising it there is nearly free.  On the CPU the workers normalise in parallel
+    and the main process would do it alone: 230 ms for 16 crops of 512² on this kit's 2-core
+    machine against 3-7 ms saved in collation (BENCHMARKS.md, issue 15)."""
+    return device.type != "cpu"
+
+
+class _Normalised:
+    """``images[i]`` of a compact dataset: the stored 8-bit tile normalised when asked for (the
+    whole-tile paths: feature cache, validation), so the float32 copies are not all kept."""
+
+    def __init__(self, raw: list[np.ndarray], stats: BandStats, names: list[str]):
+        self.raw, self.stats, self.names = raw, stats, names
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.stats.normalise(self.raw[i], self.names[i])
+
+
 class LabelledTiles(_Seeded):
     """Labelled tiles in memory, as normalised image / class-index mask pairs.
 
     ``crop_size=None`` returns whole tiles (evaluation); otherwise random crops, ``samples_per_epoch``
     of them per epoch (default: one per tile).  Items are dicts ``image`` (float32 ``(C, h, w)``
     in ``[-1, 1]``), ``mask`` (int64 ``(h, w)``), ``id``.
+
+    ``compact_images=True`` (training loaders) keeps 8-bit tiles as stored and hands out their
+    8-bit crops, a quarter of the float32 bytes that workers copy to the main process (a batch of
+    16 crops of 512² is 12.6 MB instead of 50 MB); :meth:`finish` then normalises the batch on its
+    device, with the padding and photometric jitter the worker drew, to the same float32 values.
+    Tiles stored with more than 8 bits are normalised in the workers as before.
     """
 
     def __init__(self, pairs: Sequence[Pair], scheme: str | LabelScheme, stats: BandStats | None = None,
                  crop_size: int | None = None, augment: bool = False, samples_per_epoch: int | None = None,
                  seed: int = 0, expected_bands: int | None = None, compact_masks: bool = False,
-                 photometric: float = 0.0):
+                 photometric: float = 0.0, compact_images: bool = False):
         if not pairs:
             raise DataError("no labelled tiles given")
         # Training loaders ask for uint8 masks (the ignore index 255 fits): an eighth of the bytes
@@ -298,7 +362,16 @@ class LabelledTiles(_Seeded):
             raw.append(tile.image)
             self.masks.append(mask.astype(np.uint8))
         self.stats = stats or band_stats_of((str(p.image), im) for p, im in zip(self.pairs, raw))
-        self.images = [self.stats.normalise(im, str(p.image)) for p, im in zip(self.pairs, raw)]
+        names = [str(p.image) for p in self.pairs]
+        self.compact = compact_images and crop_size is not None and all(im.dtype == np.uint8 for im in raw)
+        if self.compact:
+            for im, name in zip(raw, names):
+                if im.shape[0] != self.stats.bands:
+                    raise DataError(f"{name}: has {im.shape[0]} band(s), the normalisation statistics have "
+                                    f"{self.stats.bands}")
+            self.images = _Normalised(raw, self.stats, names)
+        else:
+            self.images = [self.stats.normalise(im, name) for im, name in zip(raw, names)]
         self.features: list[list[torch.Tensor]] | None = None
         self.strides: list[int] = []
 
@@ -316,6 +389,8 @@ class LabelledTiles(_Seeded):
         epoch, index = self._locate(index)
         i = index % len(self.pairs)
         rng = self._rng(epoch, index)
+        if self.compact:
+            return self._compact_item(rng, i)
         if self.features is not None and self.crop_size is not None:
             image, mask, streams = aligned_crop_d4(rng, self.images[i], self.masks[i], self.features[i],
                                                    self.strides, self.crop_size, self.augment, self.scheme.ignore_index)
@@ -325,6 +400,52 @@ class LabelledTiles(_Seeded):
                                      self.augment, pad_values=[0.0, self.scheme.ignore_index])
         return {"image": torch.from_numpy(self._jitter(rng, image)), "mask": torch.from_numpy(mask).to(self.mask_dtype),
                 "id": self.pairs[i].id}
+
+    def _compact_item(self, rng: np.random.Generator, i: int) -> dict:
+        """The 8-bit crop with what :meth:`finish` needs: where the padding is (``geometry``) and
+        the jitter drawn for it (``jitter``: gain and offset per band), from the same generator in
+        the same order as the float path, so both give one image."""
+        geometry: list[int] = []
+        raw = self.images.raw[i]
+        if self.features is not None:
+            image, mask, streams = aligned_crop_d4(rng, raw, self.masks[i], self.features[i], self.strides,
+                                                   self.crop_size, self.augment, self.scheme.ignore_index,
+                                                   geometry=geometry, cast=False)
+        else:
+            image, mask = random_crop_d4(rng, [raw, self.masks[i]], self.crop_size, self.augment,
+                                         pad_values=[0, self.scheme.ignore_index], geometry=geometry)
+        item = {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask).to(self.mask_dtype),
+                "geometry": torch.tensor(geometry, dtype=torch.int32), "id": self.pairs[i].id}
+        if self.features is not None:
+            item["streams"] = streams
+        if self.augment and self.photometric > 0:
+            gain, offset = self._jitter_draw(rng, image.shape[0])
+            item["jitter"] = torch.from_numpy(np.stack([gain, offset]))
+        return item
+
+    def finish(self, batch: dict) -> dict:
+        """A batch from a compact dataset made what the float path gives, on the batch's device:
+        8-bit pixels normalised as :meth:`BandStats.normalise` does (same float32 operations),
+        padding set to 0, photometric jitter applied, cached features cast to float32.  Other
+        batches pass unchanged."""
+        if not self.compact:
+            return batch
+        pixels = batch["image"]
+        low = torch.tensor(self.stats.low, dtype=torch.float32, device=pixels.device)[:, None, None]
+        high = torch.tensor(self.stats.high, dtype=torch.float32, device=pixels.device)[:, None, None]
+        x = (pixels.float() - low) / torch.clamp_min(high - low, 1e-6)
+        x = (x * 2.0 - 1.0).clamp_(-1.0, 1.0)
+        size, geometry = x.shape[-1], batch.pop("geometry")
+        # on the host the check is free and most batches have no padding; on a GPU it would be a sync
+        if geometry.device.type != "cpu" or bool((geometry[:, :2] < size).any()):
+            x.masked_fill_(~padding_masks(geometry, size)[:, None], 0.0)
+        jitter = batch.pop("jitter", None)
+        if jitter is not None:
+            x = x * jitter[:, 0] + jitter[:, 1]
+        out = {**batch, "image": x}
+        if "streams" in batch:
+            out["streams"] = [f.float() for f in batch["streams"]]
+        return out
 
     def _jitter(self, rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
         """Photometric augmentation of the image only: per band, ``a * x + b`` with gain ``a`` in
@@ -336,10 +457,13 @@ class LabelledTiles(_Seeded):
         flips are those of an unjittered run."""
         if not (self.augment and self.photometric > 0):
             return image
-        c = image.shape[0]
+        a, b = self._jitter_draw(rng, image.shape[0])
+        return image * a + b
+
+    def _jitter_draw(self, rng: np.random.Generator, c: int) -> tuple[np.ndarray, np.ndarray]:
         a = rng.uniform(1 - self.photometric, 1 + self.photometric, size=(c, 1, 1)).astype(np.float32)
         b = rng.uniform(-self.photometric, self.photometric, size=(c, 1, 1)).astype(np.float32)
-        return image * a + b
+        return a, b
 
     def class_pixel_counts(self) -> np.ndarray:
         counts = np.zeros(self.scheme.num_classes, np.int64)

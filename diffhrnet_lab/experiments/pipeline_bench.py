@@ -206,8 +206,11 @@ def _unet_fwd_bwd(tr, x0: torch.Tensor) -> None:
 
 
 # -- fine-tuning -----------------------------------------------------------------------------------
-def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool = False) -> dict[str, Any]:
-    from ..data.datasets import LabelledTiles, find_pairs
+def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool = False,
+                   compact: bool | None = None) -> dict[str, Any]:
+    """Fine-tuning fed by its loader against the same steps on one batch already on the device.
+    ``compact``: 8-bit crops finished on the device (fine-tuning's choice off the CPU when ``None``)."""
+    from ..data.datasets import LabelledTiles, compact_images_for, find_pairs
     from ..models.segmenters import build_segmenter
     from ..training.accelerator import make_accelerator, step_loader
     from ..training.finetune import train_step
@@ -215,11 +218,13 @@ def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool
     dc, tc = cfg.data, cfg.train
     acc = make_accelerator(tc.mixed_precision)
     root, scheme = _labelled_root()
+    compact = compact_images_for(acc.device) if compact is None else compact
     ds = LabelledTiles(find_pairs(root), scheme, crop_size=dc.crop_size, augment=True,
-                       samples_per_epoch=max(dc.batch_size, len(find_pairs(root))), seed=tc.seed, compact_masks=True)
+                       samples_per_epoch=max(dc.batch_size, len(find_pairs(root))), seed=tc.seed, compact_masks=True,
+                       compact_images=compact)
     out: dict[str, Any] = {"model": "input only" if input_only else f"hrnet {cfg.model.variant}", "batch": dc.batch_size,
                            "size": dc.crop_size, "num_workers": tc.num_workers, "tiles": len(ds.pairs),
-                           "device": acc.device.type}
+                           "device": acc.device.type, "compact_images": ds.compact}
     if input_only:
         model_step = lambda batch, k: batch["image"].sum()  # noqa: E731
     else:
@@ -233,11 +238,12 @@ def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool
             model = torch.compile(model, mode=None if tc.compile == "default" else tc.compile)
         model.train()
         model_step = lambda batch, k: train_step(model, batch, opt, acc, tc.lr, None, ds.scheme.ignore_index)  # noqa: E731
-    loader = lambda: step_loader(acc, ds, dc.batch_size, tc.seed, 0, warmup + steps, tc.num_workers)  # noqa: E731
+    loader = lambda: map(ds.finish, step_loader(acc, ds, dc.batch_size, tc.seed, 0, warmup + steps,  # noqa: E731
+                                                tc.num_workers))
     if input_only:
         sps, waits = _loop(loader, model_step, acc.device, steps, warmup)
     else:
-        batch = next(iter(step_loader(acc, ds, dc.batch_size, tc.seed, 0, 1, 0)))
+        batch = ds.finish(next(iter(step_loader(acc, ds, dc.batch_size, tc.seed, 0, 1, 0))))
         sps, mo, waits = _paired(loader, batch, model_step, acc.device, steps, warmup)
     out.update(steps_per_s=round(sps, 3), input_ms_per_step=round(1000 * statistics.median(waits), 2),
                input_ms_first_step=round(1000 * waits[0], 1))
@@ -379,6 +385,9 @@ def bench_pipeline(profile: str = "quick") -> dict[str, Any]:
                                                     crop_size=full.data.crop_size),
                                   train=replace(cfg.train, num_workers=full.train.num_workers))
     result["finetune_input_full_settings"] = bench_finetune(full_ft, max(steps, 10), 2, input_only=True)
+    if not on_gpu:  # the other transport, for the record: 8-bit crops normalised in the main process
+        result["finetune_input_full_settings_compact"] = bench_finetune(full_ft, max(steps, 10), 2, input_only=True,
+                                                                        compact=True)
     result["features"] = bench_tile_features(cfg, preset=ddpm_cfg.preset)
     result["targets"] = {
         "ddpm_overhead_le_1_15": result["ddpm"]["overhead"] <= 1.15,

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..config import MODEL_FIELDS_BEFORE, SCORING_ONLY, FeatureConfig, ProfileConfig, embedded_ddpm_dir
-from ..data.datasets import LabelledTiles, label_budget, only_groups
+from ..data.datasets import LabelledTiles, compact_images_for, label_budget, only_groups
 from ..data.io import compute_band_stats
 from ..data.layouts import train_val_pairs
 from ..ddpm.unet import bundle_weights, load_bundle
@@ -98,7 +98,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     n_batches = max(1, -(-len(train_pairs) // dc.batch_size))
     train_ds = LabelledTiles(train_pairs, scheme, stats, crop_size=dc.crop_size, augment=True,
                              samples_per_epoch=n_batches * dc.batch_size, seed=tc.seed, compact_masks=True,
-                             photometric=dc.photometric)
+                             photometric=dc.photometric,
+                             compact_images=compact_images_for(accelerator.device))
     val_ds = LabelledTiles(val_pairs, scheme, stats)
     set_seed(tc.seed)
     model = build_segmenter(mc, fc, scheme.num_classes, stats.bands, bundle)
@@ -172,7 +173,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
 
     train_mode(model, tc.norm_eval)
     for batch in step_loader(accelerator, train_ds, dc.batch_size, tc.seed, step, end, tc.num_workers):
-        losses.add(step + 1, train_step(net, batch, optimizer, accelerator, poly_lr(step, tc), weights,
+        losses.add(step + 1, train_step(net, train_ds.finish(batch), optimizer, accelerator, poly_lr(step, tc), weights,
                                         scheme.ignore_index))
         step += 1
         fault_point("step", step)

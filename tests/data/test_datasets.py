@@ -218,3 +218,62 @@ def test_photometric_jitter_is_a_per_band_gain_and_offset_of_the_same_crop(make_
     assert np.std(gains) > 0.05  # drawn per band and per item, not one constant
     whole = LabelledTiles(pairs, "samples", photometric=0.3)
     assert torch.equal(whole[0]["image"], LabelledTiles(pairs, "samples")[0]["image"])
+
+
+@pytest.mark.parametrize("crop,photometric,with_features", [(32, 0.0, False), (56, 0.3, False), (56, 0.0, True),
+                                                              (32, 0.3, True)])
+def test_compact_items_finish_to_the_float_items_bit_for_bit(make_labelled, crop, photometric, with_features):
+    """``compact_images``: workers hand out 8-bit crops, and :meth:`LabelledTiles.finish` (on the
+    batch's device) must give exactly the float path's batch: normalisation, padding of tiles
+    smaller than the crop (56 > 40x48), photometric jitter, cached features cast to float32."""
+    from torch.utils.data import default_collate
+
+    root = make_labelled(3, size=(40, 48))
+    kw = dict(crop_size=crop, augment=True, samples_per_epoch=12, seed=5, compact_masks=True, photometric=photometric)
+    ref = LabelledTiles(find_pairs(root), "samples", **kw)
+    compact = LabelledTiles(find_pairs(root), "samples", stats=ref.stats, compact_images=True, **kw)
+    assert compact.compact and compact.images.raw[0].dtype == np.uint8
+    if with_features:
+        feats = [[torch.randn(4, 40 // 4, 48 // 4).half(), torch.randn(2, 40 // 2, 48 // 2).half()] for _ in range(3)]
+        for ds in (ref, compact):
+            ds.attach_features(feats, [4, 2])
+    want = default_collate([ref[i] for i in range(12)])
+    sent = default_collate([compact[i] for i in range(12)])
+    assert sent["image"].dtype == torch.uint8 and sent["image"].nbytes * 4 == want["image"].nbytes
+    got = compact.finish(sent)
+    assert set(got) == set(want)
+    assert torch.equal(got["image"], want["image"]) and torch.equal(got["mask"], want["mask"])
+    if crop == 56:  # some pixels are padding, and they are what the float path pads with
+        pad = want["mask"] == 255
+        assert pad.any() and torch.equal(got["image"].permute(1, 0, 2, 3)[:, pad], want["image"].permute(1, 0, 2, 3)[:, pad])
+    if with_features:
+        assert sent["streams"][0].dtype == torch.float16
+        assert all(torch.equal(a, b) and a.dtype == torch.float32 for a, b in zip(got["streams"], want["streams"]))
+    assert np.array_equal(compact.images[1], ref.images[1])  # whole tiles (feature cache, validation) alike
+
+
+def test_padding_masks_trace_every_turn_and_flip_back_to_the_padded_corner():
+    """Against the numpy transform itself: an indicator of the tile's pixels, padded at the bottom
+    and right, turned and flipped as :func:`random_crop_d4` does, for every (k, flip)."""
+    from diffhrnet_lab.data.datasets import padding_masks
+
+    size, rows, cols = 9, 6, 4
+    geometry, expected = [], []
+    for k in range(4):
+        for flip in (0, 1):
+            a = np.zeros((size, size), bool)
+            a[:rows, :cols] = True
+            a = np.rot90(a, k)
+            expected.append(a[:, ::-1] if flip else a)
+            geometry.append([rows, cols, k, flip])
+    got = padding_masks(torch.tensor(geometry, dtype=torch.int32), size)
+    assert torch.equal(got, torch.from_numpy(np.stack(expected).copy()))
+    assert len({g.numpy().tobytes() for g in got}) == 8  # the eight transforms are told apart
+
+
+def test_compact_images_fall_back_to_the_float_path_for_16_bit_tiles(make_labelled):
+    root = make_labelled(2, size=(40, 48), dtype=np.uint16)
+    ds = LabelledTiles(find_pairs(root), "samples", crop_size=32, augment=True, compact_images=True)
+    assert not ds.compact and ds[0]["image"].dtype == torch.float32
+    batch = {"image": ds[0]["image"][None]}
+    assert ds.finish(batch) is batch

@@ -122,6 +122,33 @@ def test_finetune_with_the_feature_cache_trains_and_validates_on_cached_features
     assert scores(cm).miou == pytest.approx(s["best_miou"], abs=1e-9)
 
 
+@pytest.mark.parametrize("method,cache", [("hrnet", False), ("ddpm_mlp", True)])
+def test_fine_tune_on_8_bit_crops_finished_on_the_device_equals_the_float_path(tmp_path, monkeypatch, make_labelled,
+                                                                               method, cache):
+    """What a GPU run does (``compact_images_for`` is true off the CPU), forced on the CPU: workers
+    hand out 8-bit crops (and float16 cached features) and the loop finishes each batch before its
+    step.  Losses and weights must equal those of the float path exactly."""
+    import diffhrnet_lab.training.finetune as ft
+    from safetensors.torch import load_file
+
+    root = make_labelled(5, size=(40, 48), bands=4)  # smaller than the crop: padding, traced back on the "device"
+    cfg = _cfg(method, steps=3)
+    cfg.data = replace(cfg.data, root=str(root), photometric=0.2, crop_size=64)
+    cfg.features = replace(cfg.features, cache=cache, cache_dir=str(tmp_path / "fc") if cache else "")
+    cfg.train = replace(cfg.train, num_workers=0, eval_window=0)
+    a = finetune(cfg, tmp_path / "float", progress=False)
+    compact = []
+    finish = LabelledTiles.finish
+    monkeypatch.setattr(ft, "compact_images_for", lambda device: True)
+    monkeypatch.setattr(LabelledTiles, "finish", lambda self, batch: compact.append(self.compact) or finish(self, batch))
+    b = finetune(cfg, tmp_path / "compact", progress=False)
+    assert compact == [True] * 3
+    drop = lambda hist: [{k: v for k, v in r.items() if k != "seconds"} for r in hist]  # noqa: E731
+    assert drop(a["history"]) == drop(b["history"])
+    wa, wb = (load_file(str(tmp_path / x / "last" / "model.safetensors")) for x in ("float", "compact"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_feature_cache_refuses_a_ddpm_being_finetuned(tmp_path):
     cfg = profile_config("smoke")
     cfg.model = replace(cfg.model, method="diffhrnet", finetune_ddpm=True)
