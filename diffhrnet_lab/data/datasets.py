@@ -300,8 +300,8 @@ def compact_images_for(device: torch.device) -> bool:
     """Whether training loaders should hand out 8-bit crops (:class:`LabelledTiles`'s
     ``compact_images``) for ``device``: off the CPU, where a batch is pinned and copied to the
     device and normalising it there is nearly free.  On the CPU the workers normalise in parallel
-    and the main process would do it alone: 230 ms for 16 crops of 512² on this kit's 2-core
-    machine against 3-7 ms saved in collation (BENCHMARKS.md, issue 15)."""
+    and the main process would do it alone: 80-230 ms for 16 crops of 512² on this kit's 2-core
+    machine, to save about 27 ms of the workers' collation (BENCHMARKS.md, issue 15)."""
     return device.type != "cpu"
 
 
