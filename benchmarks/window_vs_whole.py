@@ -7,6 +7,7 @@ whole tile in one forward pass, on the same cached DDPM features; it prints one 
 the largest difference in mIoU points.
 
     python benchmarks/window_vs_whole.py runs/le_screen/runs/Tile_1/*_b1_s10
+    python benchmarks/window_vs_whole.py --correction-scale 0.5 runs/le_screen/runs/Tile_4/ms_res_b2_s10
 """
 
 import json
@@ -23,8 +24,8 @@ from diffhrnet_lab.inference.metrics import scores
 from diffhrnet_lab.models.segmenters import load_segmenter, saved_features
 
 
-def compare(run: Path) -> dict:
-    model, meta = load_segmenter(run / "last")
+def compare(run: Path, scoring: dict | None = None) -> dict:
+    model, meta = load_segmenter(run / "last", scoring=scoring)
     pairs = [p for p in find_pairs(meta["data"]["root"]) if p.group in meta["data"]["val_groups"]]
     ds = LabelledTiles(pairs, meta["scheme"], BandStats.from_dict(meta["stats"]))
     if meta["model"]["method"] != "hrnet":
@@ -35,7 +36,8 @@ def compare(run: Path) -> dict:
                                          window=fc.cache_window, progress=False, dtype=fc.cache_dtype),
                            [fx.info[b]["stride"] for _, b in fx.keys])
     window = int(meta["eval_window"])
-    row = {"run": str(run), "method": meta["model"]["method"], "scene": meta["data"]["val_groups"], "window": window}
+    row = {"run": str(run), "method": meta["model"]["method"], "scene": meta["data"]["val_groups"], "window": window,
+           "correction_scale": meta["model"].get("correction_scale")}
     with torch.no_grad():
         for w in (window, 0):
             cm, _ = validate(model, ds, w, torch.device("cpu"))
@@ -45,7 +47,11 @@ def compare(run: Path) -> dict:
 
 
 if __name__ == "__main__":
-    rows = [compare(Path(r)) for r in sys.argv[1:]]
+    args = sys.argv[1:]
+    scoring = None
+    if args[:1] == ["--correction-scale"]:  # the residual Diff-HRNet scored with another share of its correction
+        scoring, args = {"correction_scale": float(args[1])}, args[2:]
+    rows = [compare(Path(r), scoring) for r in args]
     for r in rows:
         print(json.dumps(r), flush=True)
     print(json.dumps({"runs": len(rows), "max_abs_diff_points": max(abs(r["diff_points"]) for r in rows)}))
