@@ -370,6 +370,7 @@ class LabelledTiles(_Seeded):
                     raise DataError(f"{name}: has {im.shape[0]} band(s), the normalisation statistics have "
                                     f"{self.stats.bands}")
             self.images = _Normalised(raw, self.stats, names)
+            self._band_range: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         else:
             self.images = [self.stats.normalise(im, name) for im, name in zip(raw, names)]
         self.features: list[list[torch.Tensor]] | None = None
@@ -431,9 +432,12 @@ class LabelledTiles(_Seeded):
         if not self.compact:
             return batch
         pixels = batch["image"]
-        low = torch.tensor(self.stats.low, dtype=torch.float32, device=pixels.device)[:, None, None]
-        high = torch.tensor(self.stats.high, dtype=torch.float32, device=pixels.device)[:, None, None]
-        x = (pixels.float() - low) / torch.clamp_min(high - low, 1e-6)
+        if pixels.device not in self._band_range:  # once per device: no host-to-device copy per step
+            low = torch.tensor(self.stats.low, dtype=torch.float32)[:, None, None]
+            high = torch.tensor(self.stats.high, dtype=torch.float32)[:, None, None]
+            self._band_range[pixels.device] = (low.to(pixels.device), torch.clamp_min(high - low, 1e-6).to(pixels.device))
+        low, span = self._band_range[pixels.device]
+        x = (pixels.float() - low) / span
         x = (x * 2.0 - 1.0).clamp_(-1.0, 1.0)
         size, geometry = x.shape[-1], batch.pop("geometry")
         # on the host the check is free and most batches have no padding; on a GPU it would be a sync

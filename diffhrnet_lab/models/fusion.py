@@ -227,7 +227,7 @@ def propagation_channels(dilations: Sequence[int] = PROPAGATION_DILATIONS) -> in
     return len(NEIGHBOURS) * len(dilations)
 
 
-def start_near_identity(classify: nn.Conv2d, dilations: Sequence[int] = PROPAGATION_DILATIONS) -> None:
+def start_near_identity(classify: nn.Conv2d) -> None:
     """Zero weights and a centre bias: the propagation starts as a slight blur of the base, whatever
     HRNet computes, and HRNet's layers still get gradients through the weights."""
     nn.init.zeros_(classify.weight)

@@ -182,15 +182,16 @@ class DiffHRNet(nn.Module):
         logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
         if self.aux is not None:
             aux = self.aux.classify_streams(streams, xp.shape[-2:], xp.dtype)
+            base = aux.detach() if self.detach_base else aux
             if self.correction == "propagate":
-                logits = propagate(aux, logits)
+                logits = propagate(base, logits)
             elif self.logit_fusion:
                 if self.correction_scale != 1.0 and not self.training:
                     logits = self.correction_scale * logits
                 if self.correction_dropout and self.training:
                     keep = torch.rand(logits.shape[0], 1, 1, 1, device=logits.device) >= self.correction_dropout
                     logits = logits * keep.to(logits.dtype)
-                logits = logits + (aux.detach() if self.detach_base else aux)
+                logits = logits + base
         # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
         self.aux_logits = aux[..., :h, :w] if aux is not None and self.aux_weight and self.training else None
         return logits[..., :h, :w]

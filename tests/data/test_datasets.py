@@ -243,9 +243,8 @@ def test_compact_items_finish_to_the_float_items_bit_for_bit(make_labelled, crop
     got = compact.finish(sent)
     assert set(got) == set(want)
     assert torch.equal(got["image"], want["image"]) and torch.equal(got["mask"], want["mask"])
-    if crop == 56:  # some pixels are padding, and they are what the float path pads with
-        pad = want["mask"] == 255
-        assert pad.any() and torch.equal(got["image"].permute(1, 0, 2, 3)[:, pad], want["image"].permute(1, 0, 2, 3)[:, pad])
+    if crop == 56:  # the equality above then covers padded pixels too
+        assert (want["mask"] == 255).any()
     if with_features:
         assert sent["streams"][0].dtype == torch.float16
         assert all(torch.equal(a, b) and a.dtype == torch.float32 for a, b in zip(got["streams"], want["streams"]))
