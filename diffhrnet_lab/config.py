@@ -140,7 +140,7 @@ class DDPMConfig:
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
     num_workers: int = 0
-    channels_last: bool = False  # NHWC activations (tensor cores prefer them; measure with `bench pipeline`)
+    channels_last: bool = False  # NHWC activations (tensor cores prefer them): inside the graph when compiled
     compile: str = ""  # GPUs: torch.compile mode, "" off, "default", "max-autotune", "reduce-overhead" (CUDA graphs)
     seed: int = 0
 
@@ -305,12 +305,13 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
              "train": {"steps": 80_000, "lr": 1e-3, "eval_every": 4000, "eval_window": 512, "checkpoint_every": 2000,
                        "warmup_steps": 1000, "num_workers": 4, "compile": "reduce-overhead"},
              # GPU defaults measured with `bench pipeline` (BENCHMARKS.md, H100): torch.compile makes the
-             # base U-Net step 1.5x faster and CUDA graphs (compile "reduce-overhead") an HRNet step
-             # 2.4x faster; channels_last made the U-Net slower; cached features make a Diff-HRNet
-             # step 1.6-1.75x faster than running the DDPM inside it.
+             # base U-Net step 1.5x faster, channels-last inside the compiled graph 1.12x more (a
+             # channels-last module made it slower); CUDA graphs (compile "reduce-overhead") make an
+             # HRNet step 2.4x faster; cached features make a Diff-HRNet step 1.6-1.75x faster than
+             # running the DDPM inside it.
              "ddpm": {"preset": "base", "sample_size": 256, "batch_size": 32, "steps": 100_000, "lr": 1e-4,
                       "warmup_steps": 500, "ema_max_decay": 0.9999, "sample_every": 5000,
-                      "checkpoint_every": 2500, "num_workers": 4, "compile": "default"},
+                      "checkpoint_every": 2500, "num_workers": 4, "compile": "default", "channels_last": True},
              "features": {"blocks": (1, 2), "cache": True}},
 }
 

@@ -212,7 +212,7 @@ def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool
     ``compact``: 8-bit crops finished on the device (fine-tuning's choice off the CPU when ``None``)."""
     from ..data.datasets import LabelledTiles, compact_images_for, find_pairs
     from ..models.segmenters import build_segmenter
-    from ..training.accelerator import make_accelerator, step_loader
+    from ..training.accelerator import compiled, eager_channels_last, make_accelerator, step_loader
     from ..training.finetune import train_step
 
     dc, tc = cfg.data, cfg.train
@@ -230,12 +230,11 @@ def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool
     else:
         torch.manual_seed(0)
         model = build_segmenter(replace(cfg.model, method="hrnet"), cfg.features, ds.scheme.num_classes, ds.stats.bands)
-        if tc.channels_last:
+        if eager_channels_last(tc.compile, tc.channels_last, acc.device):
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
         model, opt = acc.prepare(model, opt)
-        if tc.compile and acc.device.type == "cuda":
-            model = torch.compile(model, mode=None if tc.compile == "default" else tc.compile)
+        model = compiled(model, tc.compile, tc.channels_last, acc.device)
         model.train()
         model_step = lambda batch, k: train_step(model, batch, opt, acc, tc.lr, None, ds.scheme.ignore_index)  # noqa: E731
     loader = lambda: map(ds.finish, step_loader(acc, ds, dc.batch_size, tc.seed, 0, warmup + steps,  # noqa: E731

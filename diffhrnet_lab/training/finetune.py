@@ -36,7 +36,7 @@ from ..inference.evaluate import validate
 from ..inference.metrics import scores
 from ..models.pretrained import load_timm_backbone
 from ..models.segmenters import SEGMENTERS, build_segmenter, ddpm_dir_of, save_segmenter
-from .accelerator import make_accelerator, step_loader
+from .accelerator import compiled, eager_channels_last, make_accelerator, step_loader
 from .checkpoints import fault_point, read_state, resolve_resume, save_checkpoint, write_state
 from .pretrain import LossLog
 from .schedules import poly_with_warmup
@@ -141,12 +141,10 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
             print(f"[finetune] note: {accelerator.num_processes} processes on {accelerator.device.type}: BatchNorm "
                   "statistics are per process (SyncBatchNorm needs GPUs); set train.norm_eval=true for results "
                   "independent of the process count")
-    if tc.channels_last:
+    if eager_channels_last(tc.compile, tc.channels_last, accelerator.device):
         model = model.to(memory_format=torch.channels_last)
     model, optimizer = accelerator.prepare(model, optimizer)
-    net = model
-    if tc.compile and accelerator.device.type == "cuda":
-        net = torch.compile(model, mode=None if tc.compile == "default" else tc.compile)
+    net = compiled(model, tc.compile, tc.channels_last, accelerator.device)
     if weights is not None:
         weights = weights.to(accelerator.device)
     end = min(tc.steps, stop_after) if stop_after is not None else tc.steps

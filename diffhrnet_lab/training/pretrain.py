@@ -37,7 +37,7 @@ from ..ddpm.sample import save_sample_grid
 from ..ddpm.unet import build_scheduler, build_unet, bundle_weights, save_bundle
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text, check_writable, checkpoint_bytes, load_tensors
-from .accelerator import make_accelerator, step_loader
+from .accelerator import compiled, eager_channels_last, make_accelerator, step_loader
 from .trackers import Tracking, check_log_with, logging_dir
 from .checkpoints import fault_point, read_state, resolve_resume, save_checkpoint, write_state
 from .schedules import cosine_with_warmup
@@ -91,20 +91,20 @@ class DDPMTrainer:
         # Noise comes from a generator on the training device (no per-step host → device copy of a
         # batch of noise); every process draws the global batch and keeps its slice.
         self.noise_gen = torch.Generator(device=accelerator.device).manual_seed(cfg.seed + 7919)
-        self.forward = unet
+        self.forward, self.eager_nhwc = unet, False
 
     def prepare(self) -> "DDPMTrainer":
         """Device placement (and DDP) by accelerate; then the optional speed-ups, measured with
-        ``diffhrnet-lab bench pipeline``: channels-last activations and ``torch.compile`` on GPUs (its
-        ``reduce-overhead`` mode replays the step as a CUDA graph)."""
-        acc = self.accelerator
-        if self.cfg.channels_last:
+        ``diffhrnet-lab bench pipeline``: ``torch.compile`` on GPUs (its ``reduce-overhead`` mode
+        replays the step as a CUDA graph) and channels-last activations (inside the compiled graph
+        when compiling, :func:`~diffhrnet_lab.training.accelerator.compile_options`)."""
+        acc, cfg = self.accelerator, self.cfg
+        self.eager_nhwc = eager_channels_last(cfg.compile, cfg.channels_last, acc.device)
+        if self.eager_nhwc:
             self.unet = self.unet.to(memory_format=torch.channels_last)
         self.unet, self.optimizer = acc.prepare(self.unet, self.optimizer)
         self.ema.to(acc.device)
-        self.forward = self.unet
-        if self.cfg.compile and acc.device.type == "cuda":  # on CPUs compiling costs more than it saves
-            self.forward = torch.compile(self.unet, mode=None if self.cfg.compile == "default" else self.cfg.compile)
+        self.forward = compiled(self.unet, cfg.compile, cfg.channels_last, acc.device)
         return self
 
     def draw(self, shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +122,7 @@ class DDPMTrainer:
             group["lr"] = lr_at(step, self.cfg)
         noise, t = self.draw(x0.shape[1:])
         x_t = self.scheduler.add_noise(x0, noise, t)  # q(x_t | x_0), Ho et al. 2020, Eq. 4
-        if self.cfg.channels_last:
+        if self.eager_nhwc:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self.accelerator.autocast():
             pred = self.forward(x_t, t).sample

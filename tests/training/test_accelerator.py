@@ -70,3 +70,61 @@ def test_each_epoch_loader_draws_new_crops_and_resumes_mid_epoch(samples_dir):
     assert torch.equal(again, epochs[1])
     tail = torch.cat([b["image"] for b in epoch_loader(acc, pool, 4, 0, 1, offset=1)])
     assert torch.equal(tail, epochs[1][4:])
+
+
+# -- compilation, layout and copies ------------------------------------------------------------------
+def test_compile_options_are_the_modes_own_plus_the_forced_nhwc_layout_and_real_inductor_settings():
+    import torch._inductor.config as inductor
+
+    from diffhrnet_lab.training.accelerator import COMPILE_MODES, compile_options
+
+    assert compile_options("default", False) == {}
+    assert compile_options("default", True) == {"force_layout_optimization": True}
+    assert compile_options("reduce-overhead", True) == {"triton.cudagraphs": True, "force_layout_optimization": True}
+    known = inductor.get_config_copy()
+    for mode in COMPILE_MODES:
+        assert set(compile_options(mode, True)) <= set(known), mode
+    with pytest.raises(ConfigError, match="'reduce_overhead'"):
+        compile_options("reduce_overhead", False)
+
+
+def test_channels_last_is_by_hand_only_where_nothing_is_compiled_and_a_bad_mode_fails_on_a_cpu_too():
+    from diffhrnet_lab.training.accelerator import compiled, eager_channels_last
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert eager_channels_last("default", True, cpu) and eager_channels_last("", True, gpu)
+    assert not eager_channels_last("default", True, gpu) and not eager_channels_last("", False, cpu)
+    net = torch.nn.Conv2d(3, 4, 3)
+    assert compiled(net, "default", True, cpu) is net and compiled(net, "", False, gpu) is net
+    with pytest.raises(ConfigError, match="max_autotune"):
+        compiled(net, "max_autotune", False, cpu)
+
+
+def test_ddpm_steps_with_channels_last_activations_train_as_the_nchw_ones(samples_dir):
+    """The by-hand channels-last path (module and noisy input converted) is the same computation."""
+    from diffhrnet_lab.config import profile_config, replace
+    from diffhrnet_lab.training.accelerator import make_accelerator
+    from diffhrnet_lab.training.pretrain import setup
+
+    base = replace(profile_config("smoke").ddpm, batch_size=2, sample_size=32)
+    pool = UnlabelledPool(samples_dir / "unlabelled", crop_size=32, seed=0)
+    x = torch.stack([pool[i]["image"] for i in range(2)])
+    runs = {}
+    for cl in (False, True):
+        tr = setup(replace(base, channels_last=cl), pool, make_accelerator("no")).prepare()
+        assert tr.eager_nhwc is cl
+        losses = [float(tr.step(x, k)) for k in range(3)]
+        first = next(tr.unet.parameters())
+        runs[cl] = (losses, first.detach().clone(), first.is_contiguous(memory_format=torch.channels_last))
+    assert runs[True][2] and not runs[False][2]
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    assert torch.allclose(runs[True][1], runs[False][1], atol=1e-5)
+
+
+def test_batches_go_to_the_device_without_a_blocking_copy(samples_dir):
+    """A blocking copy of a pinned batch waits behind every queued kernel: a host sync per step."""
+    from diffhrnet_lab.training.accelerator import make_accelerator, step_loader
+
+    pool = UnlabelledPool(samples_dir / "unlabelled", crop_size=16, samples_per_epoch=4, seed=0)
+    loader = step_loader(make_accelerator("no"), pool, 2, 0, 0, 2)
+    assert loader._non_blocking is True
