@@ -1,25 +1,14 @@
-"""Fourth GPU pass (issue 15): blocking against non-blocking copies of pinned batches, float32 and
+"""Fifth GPU pass (issue 15): blocking against non-blocking copies of pinned batches, float32 and
 8-bit transport, fine-tuning with the small and the full-profile HRNet (eager)."""
-import dataclasses, json, os, time, traceback
-import torch
+import dataclasses, time
+
 import diffhrnet_lab.training.accelerator as A
 from diffhrnet_lab.config import profile_config, replace
 from diffhrnet_lab.experiments import pipeline_bench as pb
+from gpu_common import T0, TINY, emitter
 
-OUT = os.environ.get("OUT", "/tmp"); TINY = os.environ.get("DRY") == "1"; T0 = time.time()
 ORIG = A.DataLoaderConfiguration
-
-
-def emit(name, fn):
-    t = time.time()
-    try:
-        r = fn()
-    except Exception as exc:
-        r = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-1500:]}
-    r = {"name": name, "wall_s": round(time.time() - t, 1), **r}
-    print(json.dumps(r), flush=True)
-    with open(os.path.join(OUT, "gpu5.jsonl"), "a") as fh:
-        fh.write(json.dumps(r) + "\n")
+emit = emitter("gpu5.jsonl")
 
 
 def run(cfg, steps, warm, compact, nb):
