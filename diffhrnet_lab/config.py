@@ -220,6 +220,10 @@ class TrainConfig:
     channels_last: bool = False
     compile: str = ""
     seed: int = 0
+    # self-training (training.pseudo): a finished run whose predictions label the training scenes the
+    # label budget left out; pixels below the threshold of its softmax are ignored
+    teacher: str = ""
+    pseudo_threshold: float = 0.9
 
 
 @dataclass

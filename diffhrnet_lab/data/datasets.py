@@ -336,7 +336,11 @@ class LabelledTiles(_Seeded):
     def __init__(self, pairs: Sequence[Pair], scheme: str | LabelScheme, stats: BandStats | None = None,
                  crop_size: int | None = None, augment: bool = False, samples_per_epoch: int | None = None,
                  seed: int = 0, expected_bands: int | None = None, compact_masks: bool = False,
-                 photometric: float = 0.0, compact_images: bool = False):
+                 photometric: float = 0.0, compact_images: bool = False,
+                 masks: Sequence[np.ndarray | None] | None = None, unlabelled: bool = False):
+        """``masks``: class-index masks in memory, one per pair (``None``: read the pair's file), e.g.
+        a teacher's pseudo-labels (``training.pseudo``).  ``unlabelled=True``: a pair without a
+        mask file gets an all-ignore mask, for predicting on tiles whose labels must not be read."""
         if not pairs:
             raise DataError("no labelled tiles given")
         # Training loaders ask for uint8 masks (the ignore index 255 fits): an eighth of the bytes
@@ -349,13 +353,21 @@ class LabelledTiles(_Seeded):
         self.samples_per_epoch = samples_per_epoch
         raw, self.masks = [], []
         bands = expected_bands or (stats.bands if stats else None)
-        for p in self.pairs:
-            if p.mask is None:
+        if masks is not None and len(masks) != len(self.pairs):
+            raise DataError(f"{len(masks)} mask(s) given for {len(self.pairs)} tile(s)")
+        for i, p in enumerate(self.pairs):
+            given = None if masks is None else masks[i]
+            if given is None and p.mask is None and not unlabelled:
                 raise DataError(f"{p.image}: no mask")
             tile = read_tile(p.image, expected_bands=bands)
             bands = tile.bands
             _check_not_nodata(tile.image, tile.nodata, p.image)
-            mask = read_mask(p.mask, self.scheme)
+            if given is not None:
+                mask = np.asarray(given)
+            elif p.mask is None:
+                mask = np.full(tile.shape, self.scheme.ignore_index, dtype=np.uint8)
+            else:
+                mask = read_mask(p.mask, self.scheme)
             if mask.shape != tile.shape:
                 raise DataError(f"{p.image}: image is {tile.shape[1]}x{tile.shape[0]} (WxH) but its mask "
                                 f"{p.mask} is {mask.shape[1]}x{mask.shape[0]}")

@@ -41,7 +41,7 @@ from ..config import MODEL_FIELDS_BEFORE, SCORING_ONLY, ModelConfig, ProfileConf
 from ..data.datasets import find_pairs, first_per_group, groups_of
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_csv, atomic_write_json, atomic_write_text, check_writable, markdown_table
-from .methods import check_methods, label, method_model
+from .methods import TEACHERS, check_methods, check_teachers, label, method_model
 
 BASELINES = ("hrnet", "ddpm_mlp")  # the gains reported: over HRNet alone, and over the DDPM features alone
 
@@ -51,6 +51,7 @@ def folds(cfg: ProfileConfig, root: Path) -> list[str]:
     Checks methods and budgets first, so a bad setting fails before any training."""
     le = cfg.label_efficiency
     check_methods(le.methods)
+    check_teachers(le.methods)
     groups = groups_of(first_per_group(find_pairs(root), cfg.data.max_per_group))
     if len(groups) < 2:
         raise DataError(f"{root}: {len(groups)} scene(s); holding one out needs at least 2")
@@ -79,16 +80,23 @@ def pretrain_pool_ddpm(cfg: ProfileConfig, root: Path, out: Path, progress: bool
 
 
 def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, method: str, budget: int,
-               seed: int, held_out: str | None = None) -> ProfileConfig:
+               seed: int, held_out: str | None = None, out: Path | None = None) -> ProfileConfig:
     """The fine-tuning settings of one (method, fold, budget, seed) run.  ``held_out``: the fold's
     scene (default ``label_efficiency.held_out``).  The data settings do not depend on ``method``, so
     the methods of a (fold, budget, seed) train on the same scenes.  ``cache_dir`` is where tile
-    features go unless ``features.cache_dir`` names another (a second experiment reusing them)."""
+    features go unless ``features.cache_dir`` names another (a second experiment reusing them).
+    A self-trained method (``methods.TEACHERS``) is taught by its teacher's run of the same
+    (fold, budget, seed) under ``out``."""
     le = cfg.label_efficiency
     held_out = held_out or le.held_out
     if held_out == "all":
         raise DataError("run_config needs one held-out scene, not 'all' (see folds())")
     steps = le.train_steps or cfg.train.steps
+    teacher = ""
+    if method in TEACHERS:
+        if out is None:
+            raise ConfigError(f"method '{method}' needs the experiment's folder to find its teacher's run")
+        teacher = str(run_dir(out, held_out, TEACHERS[method], budget, seed))
     return dataclasses.replace(
         cfg,
         data=replace(cfg.data, root=str(root), val_groups=(held_out,), train_groups=None, label_budget=budget,
@@ -96,7 +104,7 @@ def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, meth
         model=method_model(cfg.model, method),
         features=replace(cfg.features, checkpoint=str(ddpm), cache=True, cache_dir=cfg.features.cache_dir or str(cache_dir)),
         train=replace(cfg.train, steps=steps, seed=seed, eval_every=steps,
-                      checkpoint_every=min(cfg.train.checkpoint_every, steps)),
+                      checkpoint_every=min(cfg.train.checkpoint_every, steps), teacher=teacher),
     )
 
 
@@ -134,11 +142,11 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
                         check_same_model(run, want, method)
                         summary = rescored(run, json.loads((run / "summary.json").read_text()), want,
                                            run_config(cfg, root, bundle, out / "feature_cache", method, budget,
-                                                      seed, held_out))
+                                                      seed, held_out, out))
                     else:
                         print(f"[label-efficiency] {method}, held out {held_out}, {budget} labelled scene(s), seed {seed}")
                         summary = finetune(run_config(cfg, root, bundle, out / "feature_cache", method, budget, seed,
-                                                      held_out), run, resume="latest", progress=progress)
+                                                      held_out, out), run, resume="latest", progress=progress)
                         drop_resume_state(run)
                     row = run_row(summary, method, held_out, budget, seed)
                     classes = classes or list(row["iou"])

@@ -71,7 +71,14 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ms_prop": ("ms_res, HRNet propagates the base's logits", {
         **_PLAIN, "method": "diffhrnet", "stages": "multistage", "feature_norm": True, "residual": True,
         "correction": "propagate"}),
+    # round 19: self-training (train.teacher); the teacher is another method's run of the same cell, see TEACHERS
+    "diffhrnet_st": ("Diff-HRNet, self-trained on the unlabelled scenes", {"method": "diffhrnet"}),
+    "ddpm_mlp_st": ("DDPM pixel classifier, self-trained on Diff-HRNet's labels", {"method": "ddpm_mlp"}),
 }
+
+# student method → the method whose run of the same (fold, budget, seed) labels the training scenes
+# the budget left out (``training.pseudo``); the student trains on the same labelled scenes
+TEACHERS: dict[str, str] = {"diffhrnet_st": "diffhrnet", "ddpm_mlp_st": "diffhrnet"}
 
 
 def check_methods(names) -> list[str]:
@@ -79,6 +86,15 @@ def check_methods(names) -> list[str]:
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
     return list(names)
+
+
+def check_teachers(names) -> None:
+    """Every self-trained method comes after its teacher, whose finished runs it reads."""
+    names = list(names)
+    for i, m in enumerate(names):
+        if m in TEACHERS and TEACHERS[m] not in names[:i]:
+            raise ConfigError(f"method '{m}' learns from the labels of '{TEACHERS[m]}' of the same run: "
+                              f"list '{TEACHERS[m]}' before it")
 
 
 def method_model(model: ModelConfig, name: str) -> ModelConfig:

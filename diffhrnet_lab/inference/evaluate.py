@@ -71,14 +71,16 @@ def validate(model: nn.Module, ds: LabelledTiles, window: int, device, progress:
 
 
 def scoring_inputs(checkpoint: str | os.PathLike, pairs: Sequence, features=None,
-                   scoring: dict[str, Any] | None = None) -> tuple[nn.Module, dict, LabelledTiles]:
+                   scoring: dict[str, Any] | None = None, unlabelled: bool = False) -> tuple[nn.Module, dict, LabelledTiles]:
     """What :func:`score_checkpoint` scores: the saved segmenter (with ``scoring`` settings), its
     metadata and the labelled tiles normalised with its statistics, carrying their whole-tile DDPM
-    features from the cache when ``features`` caches them."""
+    features from the cache when ``features`` caches them.  ``unlabelled``: pairs without masks
+    are allowed (all-ignore masks), for predicting only (``training.pseudo``)."""
     from ..features.tile_cache import tile_features
 
     model, meta = load_segmenter(checkpoint, getattr(features, "checkpoint", "") or None, scoring=scoring)
-    ds = LabelledTiles(list(pairs), get_scheme(meta["scheme"]), stats=BandStats.from_dict(meta["stats"]))
+    ds = LabelledTiles(list(pairs), get_scheme(meta["scheme"]), stats=BandStats.from_dict(meta["stats"]),
+                       unlabelled=unlabelled)
     fx = getattr(model, "extractor", None)
     if fx is not None and features is not None and features.cache:
         fx.cache_dir = Path(features.cache_dir)

@@ -57,19 +57,34 @@ def _class_weights(ds: LabelledTiles, mode: str) -> torch.Tensor | None:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, ignore_index: int,
+                  empty_ok: bool = False) -> torch.Tensor:
+    """Mean cross-entropy over the pixels not ignored.  ``empty_ok``: a batch whose pixels are all
+    ignored gives a loss of 0 (and zero gradients) instead of NaN, as pseudo-labelled crops can be
+    wholly unsure (``training.pseudo``); it sums and divides itself, which differs from PyTorch's
+    mean in the last bits, so runs without pseudo-labels keep PyTorch's own."""
+    if not empty_ok:
+        return F.cross_entropy(logits, target, weight=weights, ignore_index=ignore_index)
+    per_pixel = F.cross_entropy(logits, target, weight=weights, ignore_index=ignore_index, reduction="none")
+    valid = target != ignore_index
+    counted = valid.sum() if weights is None else (weights[target.clamp(max=len(weights) - 1)] * valid).sum()
+    return per_pixel.sum() / counted.clamp(min=1)
+
+
 def train_step(model: nn.Module, batch: dict, optimizer, accelerator, lr: float, weights: torch.Tensor | None,
-               ignore_index: int) -> torch.Tensor:
-    """One optimisation step; returns the (global mean) loss, left on the device."""
+               ignore_index: int, empty_ok: bool = False) -> torch.Tensor:
+    """One optimisation step; returns the (global mean) loss, left on the device.  ``empty_ok``: see
+    :func:`cross_entropy`."""
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
     with accelerator.autocast():
         logits = model(batch["image"], batch.get("streams"))
-    loss = F.cross_entropy(logits.float(), batch["mask"].long(), weight=weights, ignore_index=ignore_index)
+    target = batch["mask"].long()
+    loss = cross_entropy(logits.float(), target, weights, ignore_index, empty_ok)
     inner = accelerator.unwrap_model(model)
     aux = getattr(inner, "aux_logits", None)
     if aux is not None:  # Diff-HRNet's features-only head, supervised on its own (model.aux_weight)
-        loss = loss + inner.aux_weight * F.cross_entropy(aux.float(), batch["mask"].long(), weight=weights,
-                                                         ignore_index=ignore_index)
+        loss = loss + inner.aux_weight * cross_entropy(aux.float(), target, weights, ignore_index, empty_ok)
         inner.aux_logits = None
     accelerator.backward(loss)
     optimizer.step()
@@ -92,14 +107,29 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     scheme, train_pairs, val_pairs = train_val_pairs(dc)  # a named dataset: its official split
     if dc.train_groups is not None:
         train_pairs = only_groups(train_pairs, dc.train_groups, "training")
-    train_pairs = label_budget(train_pairs, dc.label_budget, seed=dc.seed)
+    candidates, train_pairs = train_pairs, label_budget(train_pairs, dc.label_budget, seed=dc.seed)
     bundle = load_bundle(ddpm_dir_of(fc)) if mc.method != "hrnet" else None
     stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])
-    n_batches = max(1, -(-len(train_pairs) // dc.batch_size))
-    train_ds = LabelledTiles(train_pairs, scheme, stats, crop_size=dc.crop_size, augment=True,
+    pseudo_pairs, pseudo_masks, pseudo_kept = [], [], None
+    if tc.teacher:  # self-training: the other training scenes, labelled by the teacher (training.pseudo)
+        from .pseudo import load_or_make, teacher_checkpoint, unlabelled_pairs
+
+        pseudo_pairs = unlabelled_pairs(candidates, train_pairs)
+        if not pseudo_pairs:
+            raise ConfigError(f"train.teacher is set but the label budget leaves no training scene unlabelled "
+                              f"(labelled: {sorted({p.group for p in train_pairs})})")
+        pseudo_masks, pseudo_kept = load_or_make(out, tc.teacher, pseudo_pairs, fc, tc.pseudo_threshold, scheme.name,
+                                                 tc.eval_window, accelerator.device, progress and main, write=main)
+        if main:
+            print(f"[finetune] self-training: {len(pseudo_pairs)} tile(s) of {sorted({p.group for p in pseudo_pairs})} "
+                  f"labelled by {teacher_checkpoint(tc.teacher)}, {100 * pseudo_kept:.1f} % of pixels at or above "
+                  f"softmax {tc.pseudo_threshold}")
+    n_batches = max(1, -(-(len(train_pairs) + len(pseudo_pairs)) // dc.batch_size))
+    train_ds = LabelledTiles(train_pairs + pseudo_pairs, scheme, stats, crop_size=dc.crop_size, augment=True,
                              samples_per_epoch=n_batches * dc.batch_size, seed=tc.seed, compact_masks=True,
                              photometric=dc.photometric,
-                             compact_images=compact_images_for(accelerator.device))
+                             compact_images=compact_images_for(accelerator.device),
+                             masks=[None] * len(train_pairs) + pseudo_masks)
     val_ds = LabelledTiles(val_pairs, scheme, stats)
     set_seed(tc.seed)
     model = build_segmenter(mc, fc, scheme.num_classes, stats.bands, bundle)
@@ -117,7 +147,10 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     meta = {"model": asdict(mc), "features": asdict(fc), "num_classes": scheme.num_classes, "scheme": scheme.name,
             "classes": list(scheme.classes), "bands": stats.bands, "stats": stats.to_dict(), "eval_window": tc.eval_window,
             "data": {"root": str(dc.root or "embedded samples"), "train_groups": sorted({p.group for p in train_pairs}),
-                     "val_groups": sorted({p.group for p in val_pairs}), "label_budget": dc.label_budget},
+                     "val_groups": sorted({p.group for p in val_pairs}), "label_budget": dc.label_budget,
+                     "pseudo_groups": sorted({p.group for p in pseudo_pairs}),
+                     "teacher": str(teacher_checkpoint(tc.teacher)) if tc.teacher else None,
+                     "pseudo_threshold": tc.pseudo_threshold if tc.teacher else None, "pseudo_kept": pseudo_kept},
             "ddpm": None if bundle is None else {
                 "path": "embedded" if ddpm_dir_of(fc).resolve() == embedded_ddpm_dir().resolve() else str(ddpm_dir_of(fc)),
                 "sha256": file_hash(bundle_weights(bundle.path))}}
@@ -172,7 +205,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     train_mode(model, tc.norm_eval)
     for batch in step_loader(accelerator, train_ds, dc.batch_size, tc.seed, step, end, tc.num_workers):
         losses.add(step + 1, train_step(net, train_ds.finish(batch), optimizer, accelerator, poly_lr(step, tc), weights,
-                                        scheme.ignore_index))
+                                        scheme.ignore_index, empty_ok=bool(pseudo_pairs)))
         step += 1
         fault_point("step", step)
         row = {"step": step, "loss": None, "seconds": round(time.time() - t0, 1)}
@@ -199,7 +232,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     tracking.end()
     summary = {"method": mc.method, "steps": step, "best_miou": best["miou"], "best_step": best["step"],
                "best_scores": best.get("scores"), "history": history, "train_groups": meta["data"]["train_groups"],
-               "val_groups": meta["data"]["val_groups"], "out": str(out)}
+               "val_groups": meta["data"]["val_groups"], "pseudo_groups": meta["data"]["pseudo_groups"],
+               "teacher": meta["data"]["teacher"], "pseudo_kept": pseudo_kept, "out": str(out)}
     if step >= tc.steps and main:
         save_segmenter(out / "last", accelerator.unwrap_model(model), {**meta, "step": step})
         atomic_write_csv(out / "history.csv", history, ["step", "loss", "seconds", "val_miou", "val_oa"])

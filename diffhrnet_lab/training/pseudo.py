@@ -1,0 +1,105 @@
+"""Self-training: a trained teacher labels the training scenes the label budget left out.
+
+Why: with one or two labelled scenes, what HRNet learns from the image fits those scenes and errs
+alike on any other (BENCHMARKS.md, screening rounds 5-18).  The DDPM is pretrained on every
+scene without labels (paper §II-A); fine-tuning, until now, saw only the labelled ones.  Here a
+finished run (the *teacher*) predicts the other training scenes' tiles; pixels where its softmax
+falls below ``train.pseudo_threshold`` are ignored (the confidence cut of FixMatch, Sohn et al.
+2020, and of ST++ / U2PL in segmentation).  A fresh model (the *student*) then trains on the
+labelled and the pseudo-labelled tiles together.
+
+The unlabelled pairs lose their mask paths *before* anything reads them, so a stored label of a
+scene outside the budget cannot reach training; the held-out scene is never among them, since
+``train_val_pairs`` has already set it apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.datasets import Pair
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_save_tensors, atomic_write_json, load_tensors
+
+PSEUDO_FILE = "pseudo_labels.safetensors"
+
+
+def teacher_checkpoint(teacher: str | Path) -> Path:
+    """A teacher given as a run folder (its ``last/``) or as a checkpoint folder itself."""
+    t = Path(teacher)
+    for d in (t, t / "last"):
+        if (d / "model.json").is_file() and (d / "model.safetensors").is_file():
+            return d
+    raise DataError(f"teacher '{teacher}': no finished checkpoint there (want model.json and model.safetensors "
+                    "in it or in its last/); train the teacher first")
+
+
+def unlabelled_pairs(candidates: Sequence[Pair], labelled: Sequence[Pair]) -> list[Pair]:
+    """The candidates of the scenes not in ``labelled``, their mask paths dropped."""
+    kept = {p.group for p in labelled}
+    return [dataclasses.replace(p, mask=None) for p in candidates if p.group not in kept]
+
+
+@torch.no_grad()
+def pseudo_labels(teacher: str | Path, pairs: Sequence[Pair], features, threshold: float, scheme: str,
+                  window: int | None = None, device: str | torch.device = "cpu",
+                  progress: bool = False) -> tuple[list[np.ndarray], float]:
+    """The teacher's class per pixel of each unlabelled tile (uint8), ``ignore_index`` where its
+    softmax probability is below ``threshold``; and the fraction of pixels kept.  Tiles are
+    predicted in windows with their cached features, as the teacher was scored."""
+    from ..inference.evaluate import predict_tile, scoring_inputs
+
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"train.pseudo_threshold {threshold} outside [0, 1]")
+    if any(p.mask is not None for p in pairs):
+        raise DataError("pseudo-labels are for tiles whose labels are not read: drop their mask paths first")
+    ckpt = teacher_checkpoint(teacher)
+    model, meta, ds = scoring_inputs(ckpt, pairs, features, unlabelled=True)
+    if meta["scheme"] != scheme:
+        raise ConfigError(f"teacher {ckpt} was trained on label scheme '{meta['scheme']}', this run uses '{scheme}'")
+    dev = torch.device(device)
+    model.to(dev).eval()
+    window = window or int(meta.get("eval_window") or 128)
+    masks, kept, total = [], 0, 0
+    for i in tqdm(range(len(ds.pairs)), desc="pseudo-labelling", disable=not progress, leave=False):
+        streams = ds.features[i] if ds.features is not None else None
+        logits = predict_tile(model, torch.from_numpy(ds.images[i]).to(dev), window, streams, ds.strides)
+        conf, cls = logits.float().softmax(0).max(0)
+        sure = conf >= threshold
+        masks.append(torch.where(sure, cls, ds.scheme.ignore_index).to(torch.uint8).cpu().numpy())
+        kept, total = kept + int(sure.sum()), total + sure.numel()
+    return masks, kept / max(total, 1)
+
+
+def _identity(ckpt: Path, threshold: float, pairs: Sequence[Pair]) -> dict:
+    weights = hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+    return {"teacher": str(ckpt), "teacher_sha256": weights, "threshold": threshold, "tiles": [p.id for p in pairs]}
+
+
+def load_or_make(out: Path, teacher: str | Path, pairs: Sequence[Pair], features, threshold: float, scheme: str,
+                 window: int | None, device, progress: bool, write: bool = True) -> tuple[list[np.ndarray], float]:
+    """:func:`pseudo_labels`, kept in ``out`` so that a resumed run trains on the very labels it
+    started with; kept labels of another teacher, threshold or tile list are refused."""
+    ckpt = teacher_checkpoint(teacher)
+    ident = _identity(ckpt, threshold, pairs)
+    meta_file, data_file = out / "pseudo_labels.json", out / PSEUDO_FILE
+    if meta_file.is_file() and data_file.is_file():
+        kept = json.loads(meta_file.read_text())
+        if {k: kept.get(k) for k in ident} != ident:
+            raise ConfigError(f"{out}: its pseudo-labels came from another teacher, threshold or tile list "
+                              f"({kept.get('teacher')}, {kept.get('threshold')}); use another output folder")
+        stored = load_tensors(data_file)
+        return [stored[f"mask_{i}"].numpy() for i in range(len(pairs))], float(kept["kept"])
+    masks, frac = pseudo_labels(ckpt, pairs, features, threshold, scheme, window, device, progress)
+    if write:
+        atomic_save_tensors(data_file, {f"mask_{i}": torch.from_numpy(m) for i, m in enumerate(masks)})
+        atomic_write_json(meta_file, {**ident, "kept": frac})
+    return masks, frac
