@@ -70,9 +70,14 @@ def pretrain_pool_ddpm(cfg: ProfileConfig, root: Path, out: Path, progress: bool
     from ..training.pretrain import pretrain
 
     final = out / "ddpm" / "final"
-    if (final / "ddpm.json").exists():
-        return final
     steps = cfg.label_efficiency.ddpm_steps or cfg.ddpm.steps
+    if (final / "ddpm.json").exists():
+        done = json.loads((final / "ddpm.json").read_text())
+        if done.get("step") != steps or done.get("preset") != cfg.ddpm.preset:
+            raise ConfigError(f"{final}: this DDPM was pretrained for {done.get('step')} steps ({done.get('preset')} "
+                              f"U-Net), this experiment asks for {steps} ({cfg.ddpm.preset}); pick another --out, "
+                              "or pass the bundle with --ddpm to use it as it is")
+        return final
     dcfg = replace(cfg.ddpm, pool=str(root / "images"), steps=steps,
                    sample_every=min(cfg.ddpm.sample_every, steps), checkpoint_every=min(cfg.ddpm.checkpoint_every, steps))
     print(f"[label-efficiency] pretraining the DDPM ({dcfg.preset}, {steps} steps) on {root / 'images'}")
@@ -140,9 +145,10 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
                     if (run / "summary.json").exists():
                         want = method_model(cfg.model, method)
                         check_same_model(run, want, method)
-                        summary = rescored(run, json.loads((run / "summary.json").read_text()), want,
-                                           run_config(cfg, root, bundle, out / "feature_cache", method, budget,
-                                                      seed, held_out, out))
+                        rc = run_config(cfg, root, bundle, out / "feature_cache", method, budget, seed, held_out, out)
+                        summary = json.loads((run / "summary.json").read_text())
+                        check_same_training(run, summary, rc)
+                        summary = rescored(run, summary, want, rc)
                     else:
                         print(f"[label-efficiency] {method}, held out {held_out}, {budget} labelled scene(s), seed {seed}")
                         summary = finetune(run_config(cfg, root, bundle, out / "feature_cache", method, budget, seed,
@@ -236,6 +242,21 @@ def check_same_model(run: Path, want, method: str) -> None:
         shown = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
         raise ConfigError(f"{run}: this finished run trained another model than method '{method}' means now "
                           f"({shown}); rename or move it (or pick another --out) and run again")
+
+
+def check_same_training(run: Path, summary: dict[str, Any], cfg: ProfileConfig) -> None:
+    """A finished run is reused only if it trained with the settings this experiment asks for
+    (``training.finetune.RUN_SETTINGS``): a smoke run left in the same ``--out`` must not enter a
+    quick profile's table.  Runs from before the settings were kept are compared by their steps."""
+    from ..training.finetune import run_settings
+
+    want = run_settings(cfg)
+    have = summary.get("settings") or {"train.steps": summary.get("steps")}
+    diff = {k: (have[k], want[k]) for k in have if k in want and have[k] != want[k]}
+    if diff:
+        shown = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
+        raise ConfigError(f"{run}: this finished run trained with other settings ({shown}); rename or move it "
+                          "(or pick another --out) and run again")
 
 
 def run_row(summary: dict[str, Any], method: str, held_out: str, budget: int, seed: int) -> dict[str, Any]:

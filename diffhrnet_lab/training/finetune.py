@@ -57,6 +57,21 @@ def _class_weights(ds: LabelledTiles, mode: str) -> torch.Tensor | None:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
+# what a finished run trained with, beyond its model (model.json): a run is reused only under the same values
+RUN_SETTINGS = {"data": ("crop_size", "batch_size", "max_per_group", "photometric", "label_budget", "seed"),
+                "train": ("steps", "lr", "weight_decay", "poly_power", "warmup_steps", "class_weights", "seed",
+                          "teacher", "pseudo_threshold")}
+
+
+def run_settings(cfg: ProfileConfig) -> dict[str, Any]:
+    """``section.field`` → value of :data:`RUN_SETTINGS` (a teacher as its resolved path, so two
+    spellings of one folder agree); kept in ``summary.json``."""
+    out = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, keys in RUN_SETTINGS.items()
+           for key in keys}
+    out["train.teacher"] = str(Path(out["train.teacher"]).resolve()) if out["train.teacher"] else ""
+    return out
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, ignore_index: int,
                   empty_ok: bool = False) -> torch.Tensor:
     """Mean cross-entropy over the pixels not ignored.  ``empty_ok``: a batch whose pixels are all
@@ -233,7 +248,8 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     summary = {"method": mc.method, "steps": step, "best_miou": best["miou"], "best_step": best["step"],
                "best_scores": best.get("scores"), "history": history, "train_groups": meta["data"]["train_groups"],
                "val_groups": meta["data"]["val_groups"], "pseudo_groups": meta["data"]["pseudo_groups"],
-               "teacher": meta["data"]["teacher"], "pseudo_kept": pseudo_kept, "out": str(out)}
+               "teacher": meta["data"]["teacher"], "pseudo_kept": pseudo_kept, "settings": run_settings(cfg),
+               "out": str(out)}
     if step >= tc.steps and main:
         save_segmenter(out / "last", accelerator.unwrap_model(model), {**meta, "step": step})
         atomic_write_csv(out / "history.csv", history, ["step", "loss", "seconds", "val_miou", "val_oa"])

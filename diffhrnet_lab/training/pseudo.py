@@ -72,7 +72,8 @@ def pseudo_labels(teacher: str | Path, pairs: Sequence[Pair], features, threshol
     for i in tqdm(range(len(ds.pairs)), desc="pseudo-labelling", disable=not progress, leave=False):
         streams = ds.features[i] if ds.features is not None else None
         logits = predict_tile(model, torch.from_numpy(ds.images[i]).to(dev), window, streams, ds.strides)
-        conf, cls = logits.float().softmax(0).max(0)
+        cls = logits.argmax(0)  # the class scoring picks (a softmax can round two near logits to a tie)
+        conf = logits.float().softmax(0).amax(0)
         sure = conf >= threshold
         masks.append(torch.where(sure, cls, ds.scheme.ignore_index).to(torch.uint8).cpu().numpy())
         kept, total = kept + int(sure.sum()), total + sure.numel()

@@ -142,3 +142,32 @@ def test_only_a_model_that_uses_a_scoring_setting_is_scored_again(tmp_path, caps
     with pytest.raises(Exception):  # a residual Diff-HRNet scored with 1.0 now wants 0.5: scored again
         rescored(tmp_path / "ms_res", summary, method_model(ModelConfig(), "diffhrnet"), ProfileConfig())
     assert "ms_res: scoring again with {'correction_scale': 0.5}" in capsys.readouterr().out
+
+
+def test_a_finished_run_or_ddpm_of_other_settings_is_refused_not_reused(tmp_path):
+    """A smoke experiment left in the same ``--out`` must not enter a quick one's table: its runs
+    (2 steps) and its DDPM (4 steps) are refused with what differs, where they were reused before."""
+    import json
+
+    from diffhrnet_lab.config import profile_config
+    from diffhrnet_lab.errors import ConfigError
+    from diffhrnet_lab.experiments.label_efficiency import check_same_training, pretrain_pool_ddpm, run_config
+    from diffhrnet_lab.training.finetune import run_settings
+
+    smoke, quick = profile_config("smoke"), profile_config("quick")
+    args = (tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet_st", 1, 0, "Tile_1", tmp_path)
+    rc_smoke, rc_quick = run_config(smoke, *args), run_config(quick, *args)
+    run = tmp_path / "runs" / "Tile_1" / "diffhrnet_st_b1_s0"
+    summary = {"steps": rc_smoke.train.steps, "settings": json.loads(json.dumps(run_settings(rc_smoke)))}
+    check_same_training(run, summary, rc_smoke)  # the same settings, read back from JSON: reused
+    with pytest.raises(ConfigError, match=r"data.crop_size 64 \(now 96\).*train.steps 2 \(now 150\)"):
+        check_same_training(run, summary, rc_quick)
+    assert run_settings(rc_quick)["train.teacher"] == str((tmp_path / "runs" / "Tile_1" / "diffhrnet_b1_s0").resolve())
+    with pytest.raises(ConfigError, match=r"train.steps 2 \(now 150\)"):  # a run from before settings were kept
+        check_same_training(run, {"steps": 2}, rc_quick)
+    final = tmp_path / "ddpm" / "final"
+    final.mkdir(parents=True)
+    (final / "ddpm.json").write_text(json.dumps({"step": smoke.ddpm.steps, "preset": smoke.ddpm.preset}))
+    assert pretrain_pool_ddpm(smoke, tmp_path, tmp_path) == final
+    with pytest.raises(ConfigError, match="pretrained for 4 steps .* asks for 600"):
+        pretrain_pool_ddpm(quick, tmp_path, tmp_path)
