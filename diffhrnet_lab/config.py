@@ -224,6 +224,7 @@ class TrainConfig:
     # label budget left out; pixels below the threshold of its softmax are ignored
     teacher: str = ""
     pseudo_threshold: float = 0.9
+    pseudo_class_fraction: float = 0.0  # >0: per class, only its most confident fraction of pixels (CBST)
 
 
 @dataclass

@@ -97,11 +97,11 @@ def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, meth
     if held_out == "all":
         raise DataError("run_config needs one held-out scene, not 'all' (see folds())")
     steps = le.train_steps or cfg.train.steps
-    teacher = ""
+    teacher, pseudo = "", {}
     if method in TEACHERS:
         if out is None:
             raise ConfigError(f"method '{method}' needs the experiment's folder to find its teacher's run")
-        teacher = str(run_dir(out, held_out, TEACHERS[method], budget, seed))
+        teacher, pseudo = str(run_dir(out, held_out, TEACHERS[method][0], budget, seed)), TEACHERS[method][1]
     return dataclasses.replace(
         cfg,
         data=replace(cfg.data, root=str(root), val_groups=(held_out,), train_groups=None, label_budget=budget,
@@ -109,7 +109,7 @@ def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, meth
         model=method_model(cfg.model, method),
         features=replace(cfg.features, checkpoint=str(ddpm), cache=True, cache_dir=cfg.features.cache_dir or str(cache_dir)),
         train=replace(cfg.train, steps=steps, seed=seed, eval_every=steps,
-                      checkpoint_every=min(cfg.train.checkpoint_every, steps), teacher=teacher),
+                      checkpoint_every=min(cfg.train.checkpoint_every, steps), teacher=teacher, **pseudo),
     )
 
 

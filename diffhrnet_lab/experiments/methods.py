@@ -74,11 +74,17 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     # round 19: self-training (train.teacher); the teacher is another method's run of the same cell, see TEACHERS
     "diffhrnet_st": ("Diff-HRNet, self-trained on the unlabelled scenes", {"method": "diffhrnet"}),
     "ddpm_mlp_st": ("DDPM pixel classifier, self-trained on Diff-HRNet's labels", {"method": "ddpm_mlp"}),
+    "diffhrnet_cbst": ("Diff-HRNet, class-balanced self-training", {"method": "diffhrnet"}),
 }
 
-# student method → the method whose run of the same (fold, budget, seed) labels the training scenes
-# the budget left out (``training.pseudo``); the student trains on the same labelled scenes
-TEACHERS: dict[str, str] = {"diffhrnet_st": "diffhrnet", "ddpm_mlp_st": "diffhrnet"}
+# student method → (the method whose run of the same (fold, budget, seed) labels the training scenes
+# the budget left out, the student's pseudo-label settings); ``training.pseudo``.  The student
+# trains on the same labelled scenes as its teacher.
+TEACHERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "diffhrnet_st": ("diffhrnet", {"pseudo_threshold": 0.9, "pseudo_class_fraction": 0.0}),  # round 19
+    "ddpm_mlp_st": ("diffhrnet", {"pseudo_threshold": 0.9, "pseudo_class_fraction": 0.0}),
+    "diffhrnet_cbst": ("diffhrnet", {"pseudo_threshold": 0.0, "pseudo_class_fraction": 0.2}),  # round 19b, CBST
+}
 
 
 def check_methods(names) -> list[str]:
@@ -92,9 +98,9 @@ def check_teachers(names) -> None:
     """Every self-trained method comes after its teacher, whose finished runs it reads."""
     names = list(names)
     for i, m in enumerate(names):
-        if m in TEACHERS and TEACHERS[m] not in names[:i]:
-            raise ConfigError(f"method '{m}' learns from the labels of '{TEACHERS[m]}' of the same run: "
-                              f"list '{TEACHERS[m]}' before it")
+        if m in TEACHERS and TEACHERS[m][0] not in names[:i]:
+            raise ConfigError(f"method '{m}' learns from the labels of '{TEACHERS[m][0]}' of the same run: "
+                              f"list '{TEACHERS[m][0]}' before it")
 
 
 def method_model(model: ModelConfig, name: str) -> ModelConfig:

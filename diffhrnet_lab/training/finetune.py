@@ -60,15 +60,19 @@ def _class_weights(ds: LabelledTiles, mode: str) -> torch.Tensor | None:
 # what a finished run trained with, beyond its model (model.json): a run is reused only under the same values
 RUN_SETTINGS = {"data": ("crop_size", "batch_size", "max_per_group", "photometric", "label_budget", "seed"),
                 "train": ("steps", "lr", "weight_decay", "poly_power", "warmup_steps", "class_weights", "seed",
-                          "teacher", "pseudo_threshold")}
+                          "teacher", "pseudo_threshold", "pseudo_class_fraction")}
 
 
 def run_settings(cfg: ProfileConfig) -> dict[str, Any]:
     """``section.field`` → value of :data:`RUN_SETTINGS` (a teacher as its resolved path, so two
-    spellings of one folder agree); kept in ``summary.json``."""
+    spellings of one folder agree; the pseudo-label settings as ``None`` without one); kept in
+    ``summary.json``."""
     out = {f"{section}.{key}": getattr(getattr(cfg, section), key) for section, keys in RUN_SETTINGS.items()
            for key in keys}
-    out["train.teacher"] = str(Path(out["train.teacher"]).resolve()) if out["train.teacher"] else ""
+    if out["train.teacher"]:
+        out["train.teacher"] = str(Path(out["train.teacher"]).resolve())
+    else:  # without a teacher the pseudo-label settings do nothing
+        out["train.pseudo_threshold"] = out["train.pseudo_class_fraction"] = None
     return out
 
 
@@ -134,11 +138,13 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
             raise ConfigError(f"train.teacher is set but the label budget leaves no training scene unlabelled "
                               f"(labelled: {sorted({p.group for p in train_pairs})})")
         pseudo_masks, pseudo_kept = load_or_make(out, tc.teacher, pseudo_pairs, fc, tc.pseudo_threshold, scheme.name,
-                                                 tc.eval_window, accelerator.device, progress and main, write=main)
+                                                 tc.eval_window, accelerator.device, progress and main, write=main,
+                                                 class_fraction=tc.pseudo_class_fraction)
         if main:
             print(f"[finetune] self-training: {len(pseudo_pairs)} tile(s) of {sorted({p.group for p in pseudo_pairs})} "
                   f"labelled by {teacher_checkpoint(tc.teacher)}, {100 * pseudo_kept:.1f} % of pixels at or above "
-                  f"softmax {tc.pseudo_threshold}")
+                  f"softmax {tc.pseudo_threshold}" + (f", the surest {tc.pseudo_class_fraction:.0%} of each class"
+                                                      if tc.pseudo_class_fraction else ""))
     n_batches = max(1, -(-(len(train_pairs) + len(pseudo_pairs)) // dc.batch_size))
     train_ds = LabelledTiles(train_pairs + pseudo_pairs, scheme, stats, crop_size=dc.crop_size, augment=True,
                              samples_per_epoch=n_batches * dc.batch_size, seed=tc.seed, compact_masks=True,

@@ -50,15 +50,22 @@ def unlabelled_pairs(candidates: Sequence[Pair], labelled: Sequence[Pair]) -> li
 
 @torch.no_grad()
 def pseudo_labels(teacher: str | Path, pairs: Sequence[Pair], features, threshold: float, scheme: str,
-                  window: int | None = None, device: str | torch.device = "cpu",
-                  progress: bool = False) -> tuple[list[np.ndarray], float]:
+                  window: int | None = None, device: str | torch.device = "cpu", progress: bool = False,
+                  class_fraction: float = 0.0) -> tuple[list[np.ndarray], float]:
     """The teacher's class per pixel of each unlabelled tile (uint8), ``ignore_index`` where its
     softmax probability is below ``threshold``; and the fraction of pixels kept.  Tiles are
-    predicted in windows with their cached features, as the teacher was scored."""
+    predicted in windows with their cached features, as the teacher was scored.
+
+    ``class_fraction`` > 0: also, per class, only the most confident ``class_fraction`` of the
+    pixels predicted as that class (over all tiles) are kept: class-balanced self-training (CBST,
+    Zou et al., ECCV 2018), since one global cut keeps the classes a teacher is surest of (water)
+    and drops the rest."""
     from ..inference.evaluate import predict_tile, scoring_inputs
 
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"train.pseudo_threshold {threshold} outside [0, 1]")
+    if not 0.0 <= class_fraction <= 1.0:
+        raise ConfigError(f"train.pseudo_class_fraction {class_fraction} outside [0, 1]")
     if any(p.mask is not None for p in pairs):
         raise DataError("pseudo-labels are for tiles whose labels are not read: drop their mask paths first")
     ckpt = teacher_checkpoint(teacher)
@@ -68,38 +75,48 @@ def pseudo_labels(teacher: str | Path, pairs: Sequence[Pair], features, threshol
     dev = torch.device(device)
     model.to(dev).eval()
     window = window or int(meta.get("eval_window") or 128)
-    masks, kept, total = [], 0, 0
+    classes, confidences = [], []
     for i in tqdm(range(len(ds.pairs)), desc="pseudo-labelling", disable=not progress, leave=False):
         streams = ds.features[i] if ds.features is not None else None
         logits = predict_tile(model, torch.from_numpy(ds.images[i]).to(dev), window, streams, ds.strides)
-        cls = logits.argmax(0)  # the class scoring picks (a softmax can round two near logits to a tie)
-        conf = logits.float().softmax(0).amax(0)
-        sure = conf >= threshold
-        masks.append(torch.where(sure, cls, ds.scheme.ignore_index).to(torch.uint8).cpu().numpy())
-        kept, total = kept + int(sure.sum()), total + sure.numel()
+        classes.append(logits.argmax(0).to(torch.uint8).cpu().numpy())  # the class scoring picks (a softmax
+        confidences.append(logits.float().softmax(0).amax(0).cpu().numpy())  # can round two near logits to a tie)
+    cut = np.full(ds.scheme.num_classes, threshold, dtype=np.float64)
+    if class_fraction > 0:
+        for c in range(ds.scheme.num_classes):
+            conf_c = np.concatenate([f[k == c] for k, f in zip(classes, confidences)])
+            if conf_c.size:
+                cut[c] = max(threshold, float(np.quantile(conf_c, 1.0 - class_fraction)))
+    masks, kept, total = [], 0, 0
+    for k, f in zip(classes, confidences):
+        sure = f >= cut[k]
+        masks.append(np.where(sure, k, ds.scheme.ignore_index).astype(np.uint8))
+        kept, total = kept + int(sure.sum()), total + sure.size
     return masks, kept / max(total, 1)
 
 
-def _identity(ckpt: Path, threshold: float, pairs: Sequence[Pair]) -> dict:
+def _identity(ckpt: Path, threshold: float, class_fraction: float, pairs: Sequence[Pair]) -> dict:
     weights = hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
-    return {"teacher": str(ckpt), "teacher_sha256": weights, "threshold": threshold, "tiles": [p.id for p in pairs]}
+    return {"teacher": str(ckpt), "teacher_sha256": weights, "threshold": threshold, "class_fraction": class_fraction,
+            "tiles": [p.id for p in pairs]}
 
 
 def load_or_make(out: Path, teacher: str | Path, pairs: Sequence[Pair], features, threshold: float, scheme: str,
-                 window: int | None, device, progress: bool, write: bool = True) -> tuple[list[np.ndarray], float]:
+                 window: int | None, device, progress: bool, write: bool = True,
+                 class_fraction: float = 0.0) -> tuple[list[np.ndarray], float]:
     """:func:`pseudo_labels`, kept in ``out`` so that a resumed run trains on the very labels it
     started with; kept labels of another teacher, threshold or tile list are refused."""
     ckpt = teacher_checkpoint(teacher)
-    ident = _identity(ckpt, threshold, pairs)
+    ident = _identity(ckpt, threshold, class_fraction, pairs)
     meta_file, data_file = out / "pseudo_labels.json", out / PSEUDO_FILE
     if meta_file.is_file() and data_file.is_file():
         kept = json.loads(meta_file.read_text())
-        if {k: kept.get(k) for k in ident} != ident:
+        if {k: kept.get(k, 0.0 if k == "class_fraction" else None) for k in ident} != ident:
             raise ConfigError(f"{out}: its pseudo-labels came from another teacher, threshold or tile list "
                               f"({kept.get('teacher')}, {kept.get('threshold')}); use another output folder")
         stored = load_tensors(data_file)
         return [stored[f"mask_{i}"].numpy() for i in range(len(pairs))], float(kept["kept"])
-    masks, frac = pseudo_labels(ckpt, pairs, features, threshold, scheme, window, device, progress)
+    masks, frac = pseudo_labels(ckpt, pairs, features, threshold, scheme, window, device, progress, class_fraction)
     if write:
         atomic_save_tensors(data_file, {f"mask_{i}": torch.from_numpy(m) for i, m in enumerate(masks)})
         atomic_write_json(meta_file, {**ident, "kept": frac})

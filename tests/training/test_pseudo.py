@@ -61,6 +61,18 @@ def test_pseudo_labels_are_the_teachers_classes_where_it_is_sure(trained):
         assert not ((g != SAMPLES.ignore_index) & ~sure).any()  # a higher cut keeps a subset
     assert frac == np.mean(np.concatenate([(h != 255).ravel() for h in half]))
     assert 0.0 < frac_hi < frac < 1.0, (frac_hi, frac)  # the 4-step teacher is unsure of some pixels
+    # class-balanced (CBST): of the pixels each class was predicted on, its surest half
+    balanced, frac_b = pseudo_labels(trained, unl, None, 0.0, "samples", class_fraction=0.5)
+    every = np.concatenate([a.ravel() for a in all_kept])
+    kept_b = np.concatenate([b.ravel() for b in balanced])
+    for c in np.unique(every):
+        n = int((every == c).sum())
+        assert n // 2 <= int((kept_b == c).sum()) <= n // 2 + 1, (c, n, int((kept_b == c).sum()))
+    assert np.array_equal(kept_b[kept_b != 255], every[kept_b != 255]) and 0.49 < frac_b < 0.52
+    both, _ = pseudo_labels(trained, unl, None, 0.2, "samples", class_fraction=0.5)
+    assert all(not ((x != 255) & (h == 255)).any() for x, h in zip(both, half))  # and the global cut too
+    whole, _ = pseudo_labels(trained, unl, None, 0.0, "samples", class_fraction=1.0)
+    assert all(np.array_equal(w, a) for w, a in zip(whole, all_kept))
     with pytest.raises(DataError, match="drop their mask paths"):
         pseudo_labels(trained, train[:1], None, 0.5, "samples")
     with pytest.raises(ConfigError, match="label scheme 'samples', this run uses 'dubai'"):
@@ -149,7 +161,10 @@ def test_self_trained_methods_come_after_their_teacher_and_read_its_run(tmp_path
         check_teachers(["diffhrnet_st", "diffhrnet"])
     cfg = profile_config("smoke")
     rc = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet_st", 1, 3, "Tile_2", tmp_path)
-    assert rc.train.teacher == str(run_dir(tmp_path, "Tile_2", TEACHERS["diffhrnet_st"], 1, 3))
+    assert rc.train.teacher == str(run_dir(tmp_path, "Tile_2", TEACHERS["diffhrnet_st"][0], 1, 3))
+    assert rc.train.pseudo_threshold == 0.9 and rc.train.pseudo_class_fraction == 0.0
+    cb = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet_cbst", 1, 3, "Tile_2", tmp_path)
+    assert cb.train.pseudo_threshold == 0.0 and cb.train.pseudo_class_fraction == 0.2
     assert rc.model == run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet", 1, 3,
                                   "Tile_2", tmp_path).model  # the student is the default model
     assert run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet", 1, 3, "Tile_2",
