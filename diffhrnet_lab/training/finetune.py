@@ -171,7 +171,9 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
                      "val_groups": sorted({p.group for p in val_pairs}), "label_budget": dc.label_budget,
                      "pseudo_groups": sorted({p.group for p in pseudo_pairs}),
                      "teacher": str(teacher_checkpoint(tc.teacher)) if tc.teacher else None,
-                     "pseudo_threshold": tc.pseudo_threshold if tc.teacher else None, "pseudo_kept": pseudo_kept},
+                     "pseudo_threshold": tc.pseudo_threshold if tc.teacher else None,
+                     "pseudo_class_fraction": tc.pseudo_class_fraction if tc.teacher else None,
+                     "pseudo_kept": pseudo_kept},
             "ddpm": None if bundle is None else {
                 "path": "embedded" if ddpm_dir_of(fc).resolve() == embedded_ddpm_dir().resolve() else str(ddpm_dir_of(fc)),
                 "sha256": file_hash(bundle_weights(bundle.path))}}

@@ -2,11 +2,13 @@
 
 Why: with one or two labelled scenes, what HRNet learns from the image fits those scenes and errs
 alike on any other (BENCHMARKS.md, screening rounds 5-18).  The DDPM is pretrained on every
-scene without labels (paper §II-A); fine-tuning, until now, saw only the labelled ones.  Here a
+scene without labels, the paper's premise; fine-tuning saw only the labelled ones.  Here a
 finished run (the *teacher*) predicts the other training scenes' tiles; pixels where its softmax
 falls below ``train.pseudo_threshold`` are ignored (the confidence cut of FixMatch, Sohn et al.
-2020, and of ST++ / U2PL in segmentation).  A fresh model (the *student*) then trains on the
-labelled and the pseudo-labelled tiles together.
+2020), and ``train.pseudo_class_fraction`` keeps only each class's surest share (CBST, Zou et
+al. 2018).  A fresh model (the *student*) then trains on the labelled and the pseudo-labelled
+tiles together.  Screened in rounds 19 and 19b of BENCHMARKS.md: neither student reached the
+pixel classifier.
 
 The unlabelled pairs lose their mask paths *before* anything reads them, so a stored label of a
 scene outside the budget cannot reach training; the held-out scene is never among them, since
