@@ -370,7 +370,7 @@ class LabelledTiles(_Seeded):
                 mask = read_mask(p.mask, self.scheme)
             if mask.shape != tile.shape:
                 raise DataError(f"{p.image}: image is {tile.shape[1]}x{tile.shape[0]} (WxH) but its mask "
-                                f"{p.mask} is {mask.shape[1]}x{mask.shape[0]}")
+                                f"{p.mask if given is None else '(given in memory)'} is {mask.shape[1]}x{mask.shape[0]}")
             raw.append(tile.image)
             self.masks.append(mask.astype(np.uint8))
         self.stats = stats or band_stats_of((str(p.image), im) for p, im in zip(self.pairs, raw))

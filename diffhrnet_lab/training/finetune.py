@@ -129,20 +129,21 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
     candidates, train_pairs = train_pairs, label_budget(train_pairs, dc.label_budget, seed=dc.seed)
     bundle = load_bundle(ddpm_dir_of(fc)) if mc.method != "hrnet" else None
     stats = bundle.stats if bundle else compute_band_stats([p.image for p in train_pairs + val_pairs])
-    pseudo_pairs, pseudo_masks, pseudo_kept = [], [], None
+    pseudo_pairs, pseudo_masks, pseudo_kept, teacher = [], [], None, None
     if tc.teacher:  # self-training: the other training scenes, labelled by the teacher (training.pseudo)
         from .pseudo import load_or_make, teacher_checkpoint, unlabelled_pairs
 
+        teacher = teacher_checkpoint(tc.teacher)
         pseudo_pairs = unlabelled_pairs(candidates, train_pairs)
         if not pseudo_pairs:
             raise ConfigError(f"train.teacher is set but the label budget leaves no training scene unlabelled "
                               f"(labelled: {sorted({p.group for p in train_pairs})})")
-        pseudo_masks, pseudo_kept = load_or_make(out, tc.teacher, pseudo_pairs, fc, tc.pseudo_threshold, scheme.name,
+        pseudo_masks, pseudo_kept = load_or_make(out, teacher, pseudo_pairs, fc, tc.pseudo_threshold, scheme.name,
                                                  tc.eval_window, accelerator.device, progress and main, write=main,
                                                  class_fraction=tc.pseudo_class_fraction)
         if main:
             print(f"[finetune] self-training: {len(pseudo_pairs)} tile(s) of {sorted({p.group for p in pseudo_pairs})} "
-                  f"labelled by {teacher_checkpoint(tc.teacher)}, {100 * pseudo_kept:.1f} % of pixels at or above "
+                  f"labelled by {teacher}, {100 * pseudo_kept:.1f} % of pixels at or above "
                   f"softmax {tc.pseudo_threshold}" + (f", the surest {tc.pseudo_class_fraction:.0%} of each class"
                                                       if tc.pseudo_class_fraction else ""))
     n_batches = max(1, -(-(len(train_pairs) + len(pseudo_pairs)) // dc.batch_size))
@@ -170,7 +171,7 @@ def finetune(cfg: ProfileConfig, out_dir: str | os.PathLike, resume: str | None 
             "data": {"root": str(dc.root or "embedded samples"), "train_groups": sorted({p.group for p in train_pairs}),
                      "val_groups": sorted({p.group for p in val_pairs}), "label_budget": dc.label_budget,
                      "pseudo_groups": sorted({p.group for p in pseudo_pairs}),
-                     "teacher": str(teacher_checkpoint(tc.teacher)) if tc.teacher else None,
+                     "teacher": str(teacher) if teacher else None,
                      "pseudo_threshold": tc.pseudo_threshold if tc.teacher else None,
                      "pseudo_class_fraction": tc.pseudo_class_fraction if tc.teacher else None,
                      "pseudo_kept": pseudo_kept},
