@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from ..errors import DataError
 from .io import TILE_SUFFIXES, BandStats, band_stats_of, list_tiles, read_mask, read_tile
@@ -181,7 +181,14 @@ def _pad_crop(a: np.ndarray, crop: int, value: float) -> np.ndarray:
 
 def random_crop_d4(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop: int | None,
                    augment: bool, pad_values: Sequence[float], geometry: list | None = None) -> list[np.ndarray]:
-    """Crop all ``arrays`` (``(..., H, W)``) at one random offset and apply one dihedral transform.
+    """:func:`crop_views_d4` copied to contiguous arrays."""
+    return [np.ascontiguousarray(a) for a in crop_views_d4(rng, arrays, crop, augment, pad_values, geometry)]
+
+
+def crop_views_d4(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop: int | None,
+                  augment: bool, pad_values: Sequence[float], geometry: list | None = None) -> list[np.ndarray]:
+    """Crop all ``arrays`` (``(..., H, W)``) at one random offset and apply one dihedral transform,
+    as strided views where the tile covers the crop (no copy: the caller writes them where they go).
 
     Tiles smaller than ``crop`` are padded (with ``pad_values``: the mask's ignore index, so the
     padding counts in no loss or metric).  ``geometry``, when given, receives what
@@ -206,7 +213,21 @@ def random_crop_d4(rng: np.random.Generator, arrays: Sequence[np.ndarray], crop:
             out = [a[..., ::-1] for a in out]
     if geometry is not None:
         geometry.extend([rows, cols, k, int(flip)])
-    return [np.ascontiguousarray(a) for a in out]
+    return out
+
+
+def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised batch tensor, in shared memory inside a DataLoader worker, where the
+    collation would have put it: the main process then maps it without a copy."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def collate_batch(data: list | dict):
+    """The DataLoader's collation: a batch a dataset built whole (``__getitems__``) passes as is."""
+    return data if isinstance(data, dict) else default_collate(data)
 
 
 def padding_masks(geometry: torch.Tensor, size: int) -> torch.Tensor:
@@ -414,6 +435,34 @@ class LabelledTiles(_Seeded):
         return {"image": torch.from_numpy(self._jitter(rng, image)), "mask": torch.from_numpy(mask).to(self.mask_dtype),
                 "id": self.pairs[i].id}
 
+    def __getitems__(self, indices: Sequence[int]) -> list[dict] | dict:
+        """A whole batch (what the DataLoader's workers ask for): crops written straight into one
+        batch tensor, in shared memory inside a worker, instead of a copy per crop that the
+        collation copies again.  The same values as the items of :meth:`__getitem__` collated
+        (:func:`collate_batch`); other layouts (compact, cached features, whole tiles) go item by item."""
+        if self.compact or self.features is not None or self.crop_size is None:
+            return [self[i] for i in indices]
+        bands, crop = self.images[0].shape[0], self.crop_size
+        image = batch_tensor((len(indices), bands, crop, crop), torch.float32)
+        mask = batch_tensor((len(indices), crop, crop), self.mask_dtype)
+        ids = []
+        for j, index in enumerate(indices):
+            epoch, index = self._locate(index)
+            i = index % len(self.pairs)
+            rng = self._rng(epoch, index)
+            im, m = crop_views_d4(rng, [self.images[i], self.masks[i]], crop, self.augment,
+                                  pad_values=[0.0, self.scheme.ignore_index])
+            out = image[j].numpy()
+            if self.augment and self.photometric > 0:
+                gain, offset = self._jitter_draw(rng, bands)
+                np.multiply(im, gain, out=out)
+                out += offset
+            else:
+                np.copyto(out, im)
+            np.copyto(mask[j].numpy(), m)
+            ids.append(self.pairs[i].id)
+        return {"image": image, "mask": mask, "id": ids}
+
     def _compact_item(self, rng: np.random.Generator, i: int) -> dict:
         """The 8-bit crop with what :meth:`finish` needs: where the padding is (``geometry``) and
         the jitter drawn for it (``jitter``: gain and offset per band), from the same generator in
@@ -449,15 +498,17 @@ class LabelledTiles(_Seeded):
             high = torch.tensor(self.stats.high, dtype=torch.float32)[:, None, None]
             self._band_range[pixels.device] = (low.to(pixels.device), torch.clamp_min(high - low, 1e-6).to(pixels.device))
         low, span = self._band_range[pixels.device]
-        x = (pixels.float() - low) / span
-        x = (x * 2.0 - 1.0).clamp_(-1.0, 1.0)
+        x = pixels.float()  # then in place: each new tensor of the batch's size costs its page faults
+        x.sub_(low).div_(span).mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0)
         size, geometry = x.shape[-1], batch.pop("geometry")
-        # on the host the check is free and most batches have no padding; on a GPU it would be a sync
-        if geometry.device.type != "cpu" or bool((geometry[:, :2] < size).any()):
+        if geometry.device.type != "cpu":  # one pass for the batch: a per-crop test would be a sync
             x.masked_fill_(~padding_masks(geometry, size)[:, None], 0.0)
+        else:  # on the host only the padded crops (most have none) cost a pass
+            for i in torch.nonzero((geometry[:, :2] < size).any(1)).flatten().tolist():
+                x[i].masked_fill_(~padding_masks(geometry[i:i + 1], size), 0.0)
         jitter = batch.pop("jitter", None)
         if jitter is not None:
-            x = x * jitter[:, 0] + jitter[:, 1]
+            x.mul_(jitter[:, 0]).add_(jitter[:, 1])
         out = {**batch, "image": x}
         if "streams" in batch:
             out["streams"] = [f.float() for f in batch["streams"]]

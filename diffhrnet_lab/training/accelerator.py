@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from torch.utils.data import BatchSampler, DataLoader
 
+from ..data.datasets import collate_batch
 from ..errors import ConfigError
 
 
@@ -132,7 +133,7 @@ def step_loader(accelerator: Accelerator, dataset, batch_size: int, seed: int, s
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start, end)
     pin = accelerator.device.type == "cuda" if pin_memory is None else pin_memory
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
-                        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                        collate_fn=collate_batch, persistent_workers=False, prefetch_factor=4 if num_workers else None,
                         generator=torch.Generator().manual_seed(seed))
     return accelerator.prepare_data_loader(loader, device_placement=True)
 

@@ -276,3 +276,27 @@ def test_compact_images_fall_back_to_the_float_path_for_16_bit_tiles(make_labell
     assert not ds.compact and ds[0]["image"].dtype == torch.float32
     batch = {"image": ds[0]["image"][None]}
     assert ds.finish(batch) is batch
+
+
+@pytest.mark.parametrize("crop,photometric,compact_masks", [(32, 0.0, True), (56, 0.3, False), (24, 0.2, True)])
+def test_whole_batches_equal_the_items_collated(make_labelled, crop, photometric, compact_masks):
+    """``__getitems__`` writes the crops straight into one batch tensor; it must give exactly the
+    collated items (padding of tiles smaller than the crop, 56 > 40x48; jitter; mask dtype), and a
+    worker's batch must come to the main process as the same values, in shared memory."""
+    from torch.utils.data import DataLoader, default_collate
+
+    from diffhrnet_lab.data.datasets import collate_batch
+
+    root = make_labelled(3, size=(40, 48))
+    ds = LabelledTiles(find_pairs(root), "samples", crop_size=crop, augment=True, samples_per_epoch=12, seed=3,
+                       compact_masks=compact_masks, photometric=photometric)
+    indices = [7, 0, 25, 3]  # 25: a global sample number, two epochs on
+    want = default_collate([ds[i] for i in indices])
+    got = collate_batch(ds.__getitems__(indices))
+    assert got["id"] == want["id"] and got["mask"].dtype == want["mask"].dtype
+    assert torch.equal(got["image"], want["image"]) and torch.equal(got["mask"], want["mask"])
+    if crop == 56:
+        assert (got["mask"] == 255).any()  # the equality above then covers padded pixels too
+    worker = next(iter(DataLoader(ds, batch_sampler=[indices], num_workers=1, collate_fn=collate_batch)))
+    assert worker["image"].is_shared() and torch.equal(worker["image"], want["image"])
+    assert torch.equal(worker["mask"], want["mask"])
