@@ -78,12 +78,16 @@ def run_settings(cfg: ProfileConfig) -> dict[str, Any]:
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, ignore_index: int,
                   empty_ok: bool = False) -> torch.Tensor:
-    """Mean cross-entropy over the pixels not ignored.  ``empty_ok``: a batch whose pixels are all
-    ignored gives a loss of 0 (and zero gradients) instead of NaN, as pseudo-labelled crops can be
-    wholly unsure (``training.pseudo``); it sums and divides itself, which differs from PyTorch's
-    mean in the last bits, so runs without pseudo-labels keep PyTorch's own."""
+    """Mean cross-entropy over the pixels not ignored; a batch whose pixels are all ignored (crops
+    inside a no-data region, ISPRS boundaries, LoveDA's no-data) gives a loss of 0 and zero
+    gradients, where PyTorch's mean gives NaN (0 / 0) and the logged loss would be NaN from then on.
+
+    ``empty_ok`` (self-training, ``training.pseudo``) sums and divides itself, as the runs of
+    rounds 19 and 19b did; otherwise PyTorch's own mean is kept bit for bit where any pixel counts,
+    and the empty case is selected away without a host sync."""
     if not empty_ok:
-        return F.cross_entropy(logits, target, weight=weights, ignore_index=ignore_index)
+        mean = F.cross_entropy(logits, target, weight=weights, ignore_index=ignore_index)
+        return torch.where((target != ignore_index).any(), mean, torch.zeros_like(mean))
     per_pixel = F.cross_entropy(logits, target, weight=weights, ignore_index=ignore_index, reduction="none")
     valid = target != ignore_index
     counted = valid.sum() if weights is None else (weights[target.clamp(max=len(weights) - 1)] * valid).sum()

@@ -189,3 +189,28 @@ def test_train_step_adds_the_weighted_loss_of_the_features_only_head():
     want = ce(logits) + 0.25 * ce(2 * logits)
     torch.testing.assert_close(loss, want)
     assert model.aux_logits is None  # released after the loss
+
+
+def test_cross_entropy_is_pytorchs_mean_bit_for_bit_and_zero_on_an_all_ignored_batch():
+    """Where any pixel counts, the loss and its gradients are PyTorch's own (recorded runs stay as
+    they were); where none does, PyTorch gives NaN and ours gives 0 with zero gradients."""
+    import torch.nn.functional as F
+
+    from diffhrnet_lab.training.finetune import cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7, generator=g)
+    target = torch.randint(0, 5, (2, 6, 7), generator=g)
+    target[0, :3] = 255
+    weights = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
+    for w in (None, weights):
+        ours, ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        loss, want = cross_entropy(ours, target, w, 255), F.cross_entropy(ref, target, weight=w, ignore_index=255)
+        loss.backward(), want.backward()
+        assert torch.equal(loss, want) and torch.equal(ours.grad, ref.grad)
+    empty = torch.full_like(target, 255)
+    assert F.cross_entropy(logits, empty, ignore_index=255).isnan()
+    x = logits.clone().requires_grad_()
+    loss = cross_entropy(x, empty, None, 255)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
