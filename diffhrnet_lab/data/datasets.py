@@ -225,9 +225,20 @@ def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
-def collate_batch(data: list | dict):
-    """The DataLoader's collation: a batch a dataset built whole (``__getitems__``) passes as is."""
-    return data if isinstance(data, dict) else default_collate(data)
+class WholeBatch(list):
+    """The items of a batch built whole (``__getitems__``): a list of per-item views, which any
+    collation can stack, carrying the batch itself (``whole``) for :func:`collate_batch` to pass on
+    without that copy."""
+
+    def __init__(self, whole: dict):
+        n = len(whole["id"])
+        super().__init__({k: v[j] for k, v in whole.items()} for j in range(n))
+        self.whole = whole
+
+
+def collate_batch(data: list):
+    """The training loaders' collation: a :class:`WholeBatch` as built, anything else collated."""
+    return data.whole if isinstance(data, WholeBatch) else default_collate(data)
 
 
 def padding_masks(geometry: torch.Tensor, size: int) -> torch.Tensor:
@@ -435,11 +446,12 @@ class LabelledTiles(_Seeded):
         return {"image": torch.from_numpy(self._jitter(rng, image)), "mask": torch.from_numpy(mask).to(self.mask_dtype),
                 "id": self.pairs[i].id}
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict] | dict:
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """A whole batch (what the DataLoader's workers ask for): crops written straight into one
         batch tensor, in shared memory inside a worker, instead of a copy per crop that the
-        collation copies again.  The same values as the items of :meth:`__getitem__` collated
-        (:func:`collate_batch`); other layouts (compact, cached features, whole tiles) go item by item."""
+        collation copies again (:func:`collate_batch`; another collation stacks the items as usual).
+        The same values as the items of :meth:`__getitem__`; other layouts (compact, cached
+        features, whole tiles) go item by item."""
         if self.compact or self.features is not None or self.crop_size is None:
             return [self[i] for i in indices]
         bands, crop = self.images[0].shape[0], self.crop_size
@@ -461,7 +473,7 @@ class LabelledTiles(_Seeded):
                 np.copyto(out, im)
             np.copyto(mask[j].numpy(), m)
             ids.append(self.pairs[i].id)
-        return {"image": image, "mask": mask, "id": ids}
+        return WholeBatch({"image": image, "mask": mask, "id": ids})
 
     def _compact_item(self, rng: np.random.Generator, i: int) -> dict:
         """The 8-bit crop with what :meth:`finish` needs: where the padding is (``geometry``) and

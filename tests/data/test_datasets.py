@@ -300,3 +300,5 @@ def test_whole_batches_equal_the_items_collated(make_labelled, crop, photometric
     worker = next(iter(DataLoader(ds, batch_sampler=[indices], num_workers=1, collate_fn=collate_batch)))
     assert worker["image"].is_shared() and torch.equal(worker["image"], want["image"])
     assert torch.equal(worker["mask"], want["mask"])
+    plain = next(iter(DataLoader(ds, batch_sampler=[indices])))  # a user's own loader, default collation
+    assert torch.equal(plain["image"], want["image"]) and plain["id"] == want["id"]
