@@ -431,9 +431,7 @@ class LabelledTiles(_Seeded):
         return self.samples_per_epoch or len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
-        epoch, index = self._locate(index)
-        i = index % len(self.pairs)
-        rng = self._rng(epoch, index)
+        i, rng = self._tile_and_rng(index)
         if self.compact:
             return self._compact_item(rng, i)
         if self.features is not None and self.crop_size is not None:
@@ -445,6 +443,11 @@ class LabelledTiles(_Seeded):
                                      self.augment, pad_values=[0.0, self.scheme.ignore_index])
         return {"image": torch.from_numpy(self._jitter(rng, image)), "mask": torch.from_numpy(mask).to(self.mask_dtype),
                 "id": self.pairs[i].id}
+
+    def _tile_and_rng(self, index: int) -> tuple[int, np.random.Generator]:
+        """The tile a (global) sample number crops and the generator of its draws."""
+        epoch, index = self._locate(index)
+        return index % len(self.pairs), self._rng(epoch, index)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """A whole batch (what the DataLoader's workers ask for): crops written straight into one
@@ -459,9 +462,7 @@ class LabelledTiles(_Seeded):
         mask = batch_tensor((len(indices), crop, crop), self.mask_dtype)
         ids = []
         for j, index in enumerate(indices):
-            epoch, index = self._locate(index)
-            i = index % len(self.pairs)
-            rng = self._rng(epoch, index)
+            i, rng = self._tile_and_rng(index)
             im, m = crop_views_d4(rng, [self.images[i], self.masks[i]], crop, self.augment,
                                   pad_values=[0.0, self.scheme.ignore_index])
             out = image[j].numpy()
