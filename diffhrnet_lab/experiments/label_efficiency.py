@@ -312,10 +312,12 @@ def bootstrap_mean(values: Sequence[float], resamples: int = 10_000, seed: int =
 
 
 def summarise(rows: Sequence[dict[str, Any]], resamples: int = 10_000, seed: int = 0,
-              confidence: float = 0.95) -> list[dict[str, Any]]:
+              confidence: float = 0.95, baselines: Sequence[str] = BASELINES) -> list[dict[str, Any]]:
     """Per (method, budget), in mIoU points: the mean over runs with its bootstrap interval, the sample
-    std, the mean per-class IoU, and the mean paired gain over each baseline with a paired bootstrap
-    interval.  Pairs are the (fold, seed) runs both methods have at that budget."""
+    std, the mean per-class IoU, and the mean paired gain over each baseline (``gain_vs_<baseline>``)
+    with a paired bootstrap interval.  Pairs are the (fold, seed) runs both methods have at that
+    budget.  ``baselines`` beyond the two defaults: a baseline variant run beside the rotation (the
+    pixel classifier on other DDPM blocks), when the goal is judged against the best of them."""
     table = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for method in methods:
@@ -330,7 +332,7 @@ def summarise(rows: Sequence[dict[str, Any]], resamples: int = 10_000, seed: int
             iou_rows = [r["iou"] for r in mine.values() if r.get("iou")]
             if iou_rows:
                 entry["iou"] = {c: _nanmean([100 * i[c] for i in iou_rows]) for c in iou_rows[0]}
-            for base in BASELINES:
+            for base in baselines:
                 theirs = {(r.get("held_out", ""), r["seed"]): r for r in rows
                           if r["method"] == base and r["budget"] == budget}
                 keys = [k for k in mine if k in theirs]
@@ -357,10 +359,13 @@ def _interval(e: dict[str, float] | None, signed: bool = False) -> str:
 def markdown(table: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
     """Two tables: mean mIoU and paired gains with their intervals, then the mean per-class IoU."""
     ci = f"{round(100 * confidence)} % CI"
-    rows = [[m["method"], m["budget"], m["n"], _interval(m["miou"]), _interval(m.get("gain_vs_hrnet"), True),
-             _interval(m.get("gain_vs_ddpm_mlp"), True)] for m in table]
-    text = markdown_table(["method", "labelled scenes", "runs", f"mIoU % [{ci}]", f"gain vs HRNet [{ci}]",
-                           f"gain vs DDPM pixel classifier [{ci}]"], rows)
+    bases = list(dict.fromkeys([*BASELINES, *(k.removeprefix("gain_vs_") for m in table for k in m
+                                              if k.startswith("gain_vs_"))]))
+    names = {"hrnet": "HRNet", "ddpm_mlp": "DDPM pixel classifier"}
+    rows = [[m["method"], m["budget"], m["n"], _interval(m["miou"]),
+             *(_interval(m.get(f"gain_vs_{b}"), True) for b in bases)] for m in table]
+    text = markdown_table(["method", "labelled scenes", "runs", f"mIoU % [{ci}]",
+                           *(f"gain vs {names.get(b, b)} [{ci}]" for b in bases)], rows)
     classes = next((list(m["iou"]) for m in table if m.get("iou")), None)
     if classes:
         text += "\n\nPer-class IoU % (mean over runs):\n\n" + markdown_table(

@@ -140,3 +140,24 @@ def test_check_paired_refuses_missing_runs_and_different_training_scenes():
     bad = ok[:2] + [{**row, "method": "diffhrnet", "train_groups": ["C"]}]
     with pytest.raises(DataError, match="methods trained on different scenes"):
         check_paired(bad, METHODS)
+
+
+def test_a_third_baseline_gets_its_own_paired_gains_and_column():
+    """A baseline variant run beside the rotation (the pixel classifier on other DDPM blocks) is paired
+    like the two defaults: Diff-HRNet is 1 point over it in every pair, 3 over the default one."""
+    rows = []
+    for fold, base in (("A", 0.30), ("B", 0.50)):
+        for seed in (0, 1):
+            rows += [{"method": "hrnet", "held_out": fold, "budget": 1, "seed": seed, "miou": base - 0.1},
+                     {"method": "ddpm_mlp", "held_out": fold, "budget": 1, "seed": seed, "miou": base},
+                     {"method": "ddpm_mlp_b01", "held_out": fold, "budget": 1, "seed": seed, "miou": base + 0.02},
+                     {"method": "diffhrnet", "held_out": fold, "budget": 1, "seed": seed, "miou": base + 0.03}]
+    table = summarise(rows, resamples=1000, baselines=("hrnet", "ddpm_mlp", "ddpm_mlp_b01"))
+    d = next(e for e in table if e["method"] == "diffhrnet")
+    assert d["gain_vs_ddpm_mlp_b01"]["mean"] == pytest.approx(1.0)
+    assert d["gain_vs_ddpm_mlp"]["mean"] == pytest.approx(3.0)
+    assert next(e for e in table if e["method"] == "ddpm_mlp_b01")["gain_vs_ddpm_mlp_b01"] is None
+    text = markdown(table)
+    assert "gain vs ddpm_mlp_b01 [95 % CI]" in text
+    assert "| diffhrnet | 1 | 4 | 43.0 [33.0, 53.0] | +13.0 [+13.0, +13.0] | +3.0 [+3.0, +3.0] | +1.0 [+1.0, +1.0] |" in text
+    assert "gain vs ddpm_mlp_b01" not in markdown(summarise(rows, resamples=1000))
