@@ -361,11 +361,10 @@ def markdown(table: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
     ci = f"{round(100 * confidence)} % CI"
     bases = list(dict.fromkeys([*BASELINES, *(k.removeprefix("gain_vs_") for m in table for k in m
                                               if k.startswith("gain_vs_"))]))
-    names = {"hrnet": "HRNet", "ddpm_mlp": "DDPM pixel classifier"}
     rows = [[m["method"], m["budget"], m["n"], _interval(m["miou"]),
              *(_interval(m.get(f"gain_vs_{b}"), True) for b in bases)] for m in table]
     text = markdown_table(["method", "labelled scenes", "runs", f"mIoU % [{ci}]",
-                           *(f"gain vs {names.get(b, b)} [{ci}]" for b in bases)], rows)
+                           *(f"gain vs {label(b)} [{ci}]" for b in bases)], rows)
     classes = next((list(m["iou"]) for m in table if m.get("iou")), None)
     if classes:
         text += "\n\nPer-class IoU % (mean over runs):\n\n" + markdown_table(
