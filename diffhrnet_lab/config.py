@@ -255,15 +255,18 @@ class LabelEfficiencyConfig:
 class DemoConfig:
     """``make demo``: few-label comparison on the embedded Dubai scenes.
 
-    Every method trains on the one labelled scene ``train_scene``, picks its best step on
-    ``select_scene`` and is scored once on ``test_scene``, which no method saw: three disjoint
-    scenes, so the reported number is neither trained nor selected on.  ``max_per_group`` > 0 keeps
-    only the first N images of each scene (the smoke profile, to run in seconds).  Steps of 0 mean
-    the profile's ``train.steps`` / ``train.eval_every``.
+    Every method trains on the one labelled scene ``train_scene`` and is scored once on
+    ``test_scene``, which no method trained on.  With ``select_scene`` empty (the default) there is
+    no selection: the last step is scored, as in the label-efficiency rotation, so the demo follows
+    that measurement's protocol (and round 20's demo with a selection scene picked the last step
+    for every method anyway).  Naming a ``select_scene`` picks each method's best step on it, a third
+    disjoint scene, every ``eval_every`` steps (notebook 03 teaches that way).  ``max_per_group`` > 0
+    keeps only the first N images of each scene (the smoke profile, to run in seconds).  Steps of 0
+    mean the profile's ``train.steps`` / ``train.eval_every``.
     """
 
     train_scene: str = "Tile_2"
-    select_scene: str = "Tile_3"
+    select_scene: str = ""
     test_scene: str = "Tile_1"
     methods: tuple[str, ...] = ("hrnet", "ddpm_mlp", "diffhrnet")
     train_steps: int = 0
@@ -294,7 +297,9 @@ _OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                                    "bootstrap_resamples": 200},
               "demo": {"max_per_group": 1, "eval_every": 6}},
     "quick": {"data": {"crop_size": 96, "batch_size": 4}, "train": {"steps": 300},  # the rest: dataclass defaults
-              "demo": {"eval_every": 150},  # 2 selections per method: whole-scene evaluations dominate on a CPU
+              "demo": {"train_steps": 150, "eval_every": 75},  # the rotation's steps (label_efficiency.train_steps)
+              # decoder blocks 1 and 2: round 20's rotation (BENCHMARKS.md), +2.5 / +1.9 mIoU for Diff-HRNet
+              "features": {"blocks": (1, 2)},
               "label_efficiency": {"ddpm_steps": 600, "train_steps": 150}},
     # one T4, 16 GB: estimates (explore/estimates.py, T4 at 25 % of peak) ~25 min for 01's DDPM
     # (small U-Net, 128², batch 32, ~11 GB), ~8 min and ~2 GB per Diff-HRNet run (03 runs two, 04 three)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..config import ProfileConfig, embedded_dubai_ddpm_dir, replace
 from ..data.datasets import first_per_group
-from ..experiments.demo import demo_configs, demo_data
+from ..experiments.demo import demo_configs, demo_data, demo_scenes
 from .notebook import StagePaths
 
 
@@ -26,7 +26,7 @@ class ThreeScenes:
     data: Path
     ddpm: Path
     scheme: str
-    scenes: dict[str, str]  # train / select / test → scene name
+    scenes: dict[str, str]  # train / [select /] test → scene name
     configs: dict[str, ProfileConfig]  # method key → its fine-tuning config
 
     def test_pairs(self):
@@ -44,7 +44,7 @@ def three_scene_runs(cfg: ProfileConfig, paths: StagePaths, own_data: bool, meth
     """The demo's runs for ``methods`` with ``cfg.model``'s settings.  With ``own_data`` (the
     notebook was given a ``data_root``) they read ``paths.data``; otherwise the embedded Dubai scenes
     and, unless a DDPM was named, the Dubai DDPM (the samples' 4-band DDPM cannot read RGB).  Empty
-    scene names take ``cfg.demo``'s."""
+    scene names take ``cfg.demo``'s (whose selection scene is empty: the last step is scored)."""
     data = paths.data if own_data else demo_data(None)
     ddpm = paths.ddpm if own_data or paths.ddpm_from != "embedded" else embedded_dubai_ddpm_dir()
     demo = replace(cfg.demo, methods=tuple(methods), train_scene=train_scene or cfg.demo.train_scene,
@@ -54,8 +54,7 @@ def three_scene_runs(cfg: ProfileConfig, paths: StagePaths, own_data: bool, meth
     scheme = paths.scheme if own_data else next(iter(configs.values())).data.scheme
     configs = {k: dataclasses.replace(c, data=replace(c.data, scheme=scheme, dataset=paths.dataset if own_data else ""))
                for k, c in configs.items()}
-    return ThreeScenes(Path(data), Path(ddpm), scheme,
-                       {"train": demo.train_scene, "select": demo.select_scene, "test": demo.test_scene}, configs)
+    return ThreeScenes(Path(data), Path(ddpm), scheme, demo_scenes(demo), configs)
 
 
 def score_selected(run: ThreeScenes, outs: dict[str, str | Path], device: str = "cpu") -> tuple[dict, dict, list]:

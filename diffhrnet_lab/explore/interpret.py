@@ -134,8 +134,10 @@ def finetune_summary(test_scores: Mapping[str, object], baseline: str, scenes: M
         raise ValueError(f"finetune_summary: baseline {baseline!r} not among {sorted(test_scores)}")
     base = 100 * _miou(test_scores[baseline])
     test = scenes["test"]
-    lines = [f"Trained on **{scenes['train']}**, best step selected on **{scenes['select']}**, scored on "
-             f"**{test}**. {baseline} scored {base:.1f} % mIoU on {test}."]
+    picked = (f"best step selected on **{scenes['select']}**" if scenes.get("select")
+              else "last step scored, nothing selected")
+    lines = [f"Trained on **{scenes['train']}**, {picked}, scored on **{test}**. {baseline} scored {base:.1f} % "
+             f"mIoU on {test}."]
     for name, s in test_scores.items():
         if name == baseline:
             continue

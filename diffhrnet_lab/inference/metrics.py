@@ -46,6 +46,13 @@ class Scores:
         return {"miou": self.miou, "mf1": self.mf1, "oa": self.oa,
                 "iou": dict(zip(self.classes, self.iou)), "f1": dict(zip(self.classes, self.f1))}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scores":
+        """The inverse of :meth:`as_dict` (e.g. a run's stored validation scores)."""
+        classes = list(d["iou"])
+        return cls(iou=[d["iou"][c] for c in classes], f1=[d["f1"][c] for c in classes], miou=d["miou"],
+                   mf1=d["mf1"], oa=d["oa"], classes=classes)
+
     def table(self) -> str:
         rows = [[c, pct(i), pct(f)] for c, i, f in zip(self.classes, self.iou, self.f1)]
         rows.append(["**mean**", f"**{100 * self.miou:.1f}**", f"**{100 * self.mf1:.1f}**"])

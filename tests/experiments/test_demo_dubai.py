@@ -64,34 +64,50 @@ def test_demo_scenes_are_disjoint_and_every_method_gets_the_same_data(tmp_path):
     cfg = profile_config("quick")
     configs = demo_configs(cfg, embedded_dubai_dir(), embedded_dubai_ddpm_dir(), tmp_path / "fc")
     assert list(configs) == ["hrnet", "ddpm_mlp", "diffhrnet"]
-    d = configs["hrnet"].data
-    assert all(c.data == d for c in configs.values())
-    assert d.train_groups == (cfg.demo.train_scene,) and d.val_groups == (cfg.demo.select_scene,)
-    assert cfg.demo.test_scene not in {*d.train_groups, *d.val_groups} and d.label_budget is None
+    d, t = configs["hrnet"].data, configs["hrnet"].train
+    assert all(c.data == d and c.train == t for c in configs.values())
+    # no selection scene: one validation, at the last step, on the test scene: the rotation's protocol
+    assert d.train_groups == (cfg.demo.train_scene,) and d.val_groups == (cfg.demo.test_scene,)
+    assert t.steps == cfg.label_efficiency.train_steps == 150 and t.eval_every == t.steps
+    assert cfg.demo.train_scene != cfg.demo.test_scene and d.label_budget is None
     assert all(c.features.cache and c.features.checkpoint == str(embedded_dubai_ddpm_dir()) for c in configs.values())
-    cfg.demo = replace(cfg.demo, test_scene=cfg.demo.train_scene)
-    with pytest.raises(DataError, match="three different scenes"):
+    cfg.demo = replace(cfg.demo, select_scene="Tile_3")
+    c = demo_configs(cfg, embedded_dubai_dir(), embedded_dubai_ddpm_dir(), tmp_path / "fc")["hrnet"]
+    assert c.data.val_groups == ("Tile_3",) and c.train.eval_every == 75  # a selection scene: picked every 75 steps
+    cfg.demo = replace(cfg.demo, test_scene="Tile_3")
+    with pytest.raises(DataError, match="different scenes; got train Tile_2, select Tile_3, test Tile_3"):
         demo_configs(cfg, embedded_dubai_dir(), embedded_dubai_ddpm_dir(), tmp_path / "fc")
-    cfg.demo = replace(cfg.demo, test_scene="Tile_9")
+    cfg.demo = replace(cfg.demo, select_scene="", test_scene="Tile_9")
     with pytest.raises(DataError, match=r"demo scene\(s\) \['Tile_9'\] not found"):
         demo_configs(cfg, embedded_dubai_dir(), embedded_dubai_ddpm_dir(), tmp_path / "fc")
 
 
-def test_smoke_demo_trains_on_one_scene_selects_on_another_and_scores_a_third(tmp_path):
+def test_smoke_demo_trains_on_one_scene_and_scores_its_last_step_on_another(tmp_path):
+    from diffhrnet_lab.data.datasets import find_pairs
+    from diffhrnet_lab.inference.evaluate import score_checkpoint
+
     out = tmp_path / "demo"
     report = run_demo(out, profile="smoke", progress=False)
-    cfg = profile_config("smoke").demo
+    full = profile_config("smoke")
+    cfg = full.demo
     result = json.loads((out / "results.json").read_text())
-    assert result["scenes"] == {"train": cfg.train_scene, "select": cfg.select_scene, "test": cfg.test_scene}
+    assert result["scenes"] == {"train": cfg.train_scene, "test": cfg.test_scene} and "select_miou" not in result
     assert result["test_tiles"] == [f"{cfg.test_scene}/image_part_001"]  # smoke: one image per scene
+    test_pairs = [p for p in find_pairs(embedded_dubai_dir()) if p.id in result["test_tiles"]]
+    configs = demo_configs(full, embedded_dubai_dir(), embedded_dubai_ddpm_dir(), out / "feature_cache")
     for key, name in (("hrnet", "HRNet"), ("ddpm_mlp", "DDPM pixel classifier"), ("diffhrnet", "Diff-HRNet")):
         summary = json.loads((out / key / "summary.json").read_text())
-        assert summary["train_groups"] == [cfg.train_scene] and summary["val_groups"] == [cfg.select_scene]
+        assert summary["train_groups"] == [cfg.train_scene] and summary["val_groups"] == [cfg.test_scene]
+        assert result["best_step"][name] == summary["steps"] == full.train.steps  # the last step, nothing picked
         assert set(result[name]["iou"]) == {"building", "land", "road", "vegetation", "water"}
-        assert 0 <= result[name]["miou"] <= 1 and result["select_miou"][name] == summary["best_miou"]
+        # the run's one validation is the test score: the saved last checkpoint scores the same
+        _, _, again = score_checkpoint(out / key / "last", test_pairs, configs[key].features, full.train.eval_window)
+        assert result[name]["miou"] == pytest.approx(again.miou, abs=1e-9), name
+        assert result[name]["iou"] == pytest.approx(again.as_dict()["iou"], abs=1e-9, nan_ok=True), name
     text = report.read_text()
-    for scene in (cfg.train_scene, cfg.select_scene, cfg.test_scene):
+    for scene in (cfg.train_scene, cfg.test_scene):
         assert f"**{scene}**" in text
+    assert "last of 6 steps" in text and "(selection)" not in text
     assert "| Diff-HRNet |" in text and "| DDPM pixel classifier |" in text and "Humans in the Loop, MBRSC" in text
     for fig in ("predictions.png", "curves.png", "iou.png", "miou.png", "samples.png"):
         assert (out / fig).read_bytes()[:4] == b"\x89PNG" and f"]({fig})" in text
@@ -99,3 +115,15 @@ def test_smoke_demo_trains_on_one_scene_selects_on_another_and_scores_a_third(tm
     diff = next(r for r in rotation["summary"] if r["method"] == "diffhrnet" and r["budget"] == 1)
     assert f"| diffhrnet | 1 | {diff['n']} | {diff['miou']['mean']:.1f} [" in text  # the rotation's numbers, quoted
     assert (out / ROTATION_FIGURE.name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_named_selection_scene_picks_the_best_step_there_and_reports_it(tmp_path):
+    cfg = profile_config("smoke")
+    cfg.demo = replace(cfg.demo, select_scene="Tile_3", methods=("hrnet",))
+    report = run_demo(tmp_path / "demo", cfg=cfg, progress=False)
+    result = json.loads((tmp_path / "demo" / "results.json").read_text())
+    summary = json.loads((tmp_path / "demo" / "hrnet" / "summary.json").read_text())
+    assert result["scenes"] == {"train": "Tile_2", "select": "Tile_3", "test": "Tile_1"}
+    assert summary["val_groups"] == ["Tile_3"] and [r["step"] for r in summary["history"] if "val_miou" in r] == [6]
+    assert result["select_miou"]["HRNet"] == summary["best_miou"]
+    assert "**Tile_3**" in report.read_text() and "mIoU % on Tile_3 (selection)" in report.read_text()

@@ -74,6 +74,8 @@ def test_finetune_summary_names_the_three_scenes_and_compares_with_the_baseline(
     assert "Best steps: HRNet 150, Diff-HRNet 300." in text
     with pytest.raises(ValueError, match="baseline"):
         finetune_summary({"A": 0.1}, "B", scenes)
+    two = finetune_summary({"HRNet": 0.30}, "HRNet", {"train": "Tile_2", "test": "Tile_1"})
+    assert two.startswith("Trained on **Tile_2**, last step scored, nothing selected, scored on **Tile_1**.")
 
 
 def test_ablation_summary_compares_every_run_with_the_reference():
