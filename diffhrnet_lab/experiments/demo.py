@@ -156,8 +156,8 @@ def _score_on_test(out: Path, configs: dict[str, ProfileConfig], summaries: dict
     from ..inference.evaluate import score_checkpoint
 
     preds, scores_by = {}, {}
+    shown = test_pairs if selected else test_pairs[:MAX_PANELS]
     for key, c in configs.items():
-        shown = test_pairs if selected else test_pairs[:MAX_PANELS]
         _, preds[key], scored = score_checkpoint(out / key / "best", shown, c.features, c.train.eval_window)
         scores_by[key] = scored if selected else Scores.from_dict(summaries[key]["best_scores"])
     return preds, scores_by
