@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from ..errors import DataError
+from .batch_pool import PooledBatch, resolve, worker_slot
 from .io import TILE_SUFFIXES, BandStats, band_stats_of, list_tiles, read_mask, read_tile
 from .labels import LabelScheme, get_scheme
 
@@ -237,7 +238,10 @@ class WholeBatch(list):
 
 
 def collate_batch(data: list):
-    """The training loaders' collation: a :class:`WholeBatch` as built, anything else collated."""
+    """The training loaders' collation: a :class:`WholeBatch` as built, a batch written into a
+    :class:`~.batch_pool.BatchPool` as its slot's number, anything else collated."""
+    if isinstance(data, PooledBatch):
+        return data
     return data.whole if isinstance(data, WholeBatch) else default_collate(data)
 
 
@@ -455,11 +459,15 @@ class LabelledTiles(_Seeded):
         collation copies again (:func:`collate_batch`; another collation stacks the items as usual).
         The same values as the items of :meth:`__getitem__`; other layouts (compact, cached
         features, whole tiles) go item by item."""
-        if self.compact or self.features is not None or self.crop_size is None:
+        if self.batch_shapes(len(indices)) is None:
             return [self[i] for i in indices]
         bands, crop = self.images[0].shape[0], self.crop_size
-        image = batch_tensor((len(indices), bands, crop, crop), torch.float32)
-        mask = batch_tensor((len(indices), crop, crop), self.mask_dtype)
+        pooled = worker_slot(indices)
+        if pooled is not None:
+            image, mask = pooled[0]["image"], pooled[0]["mask"]
+        else:
+            image = batch_tensor((len(indices), bands, crop, crop), torch.float32)
+            mask = batch_tensor((len(indices), crop, crop), self.mask_dtype)
         ids = []
         for j, index in enumerate(indices):
             i, rng = self._tile_and_rng(index)
@@ -474,7 +482,18 @@ class LabelledTiles(_Seeded):
                 np.copyto(out, im)
             np.copyto(mask[j].numpy(), m)
             ids.append(self.pairs[i].id)
+        if pooled is not None:
+            return PooledBatch(pool=pooled[1], slot=pooled[2], id=ids)
         return WholeBatch({"image": image, "mask": mask, "id": ids})
+
+    def batch_shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
+        """The tensors of a batch that :meth:`__getitems__` builds whole (float crops without cached
+        features), for a :class:`~.batch_pool.BatchPool`; ``None`` for the layouts built item by item."""
+        if self.compact or self.features is not None or self.crop_size is None:
+            return None
+        bands, crop = self.images[0].shape[0], self.crop_size
+        return {"image": ((batch_size, bands, crop, crop), torch.float32),
+                "mask": ((batch_size, crop, crop), self.mask_dtype)}
 
     def _compact_item(self, rng: np.random.Generator, i: int) -> dict:
         """The 8-bit crop with what :meth:`finish` needs: where the padding is (``geometry``) and
@@ -502,9 +521,9 @@ class LabelledTiles(_Seeded):
         """A batch from a compact dataset made what the float path gives, on the batch's device:
         8-bit pixels normalised as :meth:`BandStats.normalise` does (same float32 operations),
         padding set to 0, photometric jitter applied, cached features cast to float32.  Other
-        batches pass unchanged."""
+        batches pass unchanged, except one written into a shared batch pool, read from its slot."""
         if not self.compact:
-            return batch
+            return resolve(batch)
         pixels = batch["image"]
         if pixels.device not in self._band_range:  # once per device: no host-to-device copy per step
             low = torch.tensor(self.stats.low, dtype=torch.float32)[:, None, None]
@@ -596,3 +615,23 @@ class UnlabelledPool(_Seeded):
         i = index % len(self.paths)
         (image,) = random_crop_d4(self._rng(epoch, index), [self.images[i]], self.crop_size, self.augment, [0.0])
         return {"image": torch.from_numpy(image), "id": self.paths[i].stem}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """A whole batch, each crop written once into the batch tensor (a slot of the loader's
+        :class:`~.batch_pool.BatchPool` where it has one): the values of :meth:`__getitem__`."""
+        pooled = worker_slot(indices)
+        image = pooled[0]["image"] if pooled else batch_tensor(self.batch_shapes(len(indices))["image"][0], torch.float32)
+        ids = []
+        for j, index in enumerate(indices):
+            epoch, local = self._locate(index)
+            i = local % len(self.paths)
+            (view,) = crop_views_d4(self._rng(epoch, local), [self.images[i]], self.crop_size, self.augment, [0.0])
+            np.copyto(image[j].numpy(), view)
+            ids.append(self.paths[i].stem)
+        if pooled is not None:
+            return PooledBatch(pool=pooled[1], slot=pooled[2], id=ids)
+        return WholeBatch({"image": image, "id": ids})
+
+    def batch_shapes(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The batch :meth:`__getitems__` builds, for a :class:`~.batch_pool.BatchPool`."""
+        return {"image": ((batch_size, self.images[0].shape[0], self.crop_size, self.crop_size), torch.float32)}

@@ -144,7 +144,11 @@ def _labelled_root() -> tuple[Path, str]:
 
 
 # -- DDPM pretraining ------------------------------------------------------------------------------
-def bench_ddpm(cfg: DDPMConfig, steps: int, warmup: int, input_only: bool = False, legacy: bool = False) -> dict[str, Any]:
+def bench_ddpm(cfg: DDPMConfig, steps: int, warmup: int, input_only: bool = False, legacy: bool = False,
+               batch_pool: bool | None = None) -> dict[str, Any]:
+    """DDPM training fed by its loader against the same steps on one batch already on the device;
+    ``batch_pool`` as :func:`bench_finetune`'s."""
+    from ..data.batch_pool import resolve
     from ..data.datasets import UnlabelledPool
     from ..training.accelerator import epoch_loader, make_accelerator, step_loader
     from ..training.pretrain import setup
@@ -163,22 +167,24 @@ def bench_ddpm(cfg: DDPMConfig, steps: int, warmup: int, input_only: bool = Fals
     spe = len(pool) // cfg.batch_size
 
     def per_epoch():
-        """Before this kit's step loader: a new DataLoader (and new workers) for every epoch."""
+        """Before this kit's step loader: a new DataLoader (and new workers, and a fresh buffer per
+        batch) for every epoch."""
         for e in range(-(-end // spe)):
-            yield from epoch_loader(acc, pool, cfg.batch_size, cfg.seed, e, 0, cfg.num_workers)
+            yield from epoch_loader(acc, pool, cfg.batch_size, cfg.seed, e, 0, cfg.num_workers, batch_pool=False)
+
+    def loader():
+        return map(resolve, step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, end, cfg.num_workers,
+                                        batch_pool=batch_pool))
 
     if legacy and not input_only:
         # ... and the loss read back (a host sync) after every step.
         fast_step = model_step
         model_step = lambda batch, k: fast_step(batch, k).item()  # noqa: E731
     if legacy or input_only:
-        sps, waits = _loop(per_epoch if legacy else
-                           (lambda: step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, end, cfg.num_workers)),
-                           model_step, acc.device, steps, warmup)
+        sps, waits = _loop(per_epoch if legacy else loader, model_step, acc.device, steps, warmup)
     else:
-        batch = next(iter(step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, 1, 0)))
-        sps, mo, waits = _paired(lambda: step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, end, cfg.num_workers),
-                                 batch, model_step, acc.device, steps, warmup)
+        batch = resolve(next(iter(step_loader(acc, pool, cfg.batch_size, cfg.seed, 0, 1, 0))))
+        sps, mo, waits = _paired(loader, batch, model_step, acc.device, steps, warmup)
     out.update(steps_per_s=round(sps, 3), input_ms_per_step=round(1000 * statistics.median(waits), 2),
                input_ms_first_step=round(1000 * waits[0], 1))
     if legacy:
@@ -207,9 +213,10 @@ def _unet_fwd_bwd(tr, x0: torch.Tensor) -> None:
 
 # -- fine-tuning -----------------------------------------------------------------------------------
 def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool = False,
-                   compact: bool | None = None) -> dict[str, Any]:
+                   compact: bool | None = None, batch_pool: bool | None = None) -> dict[str, Any]:
     """Fine-tuning fed by its loader against the same steps on one batch already on the device.
-    ``compact``: 8-bit crops finished on the device (fine-tuning's choice off the CPU when ``None``)."""
+    ``compact``: 8-bit crops finished on the device (fine-tuning's choice off the CPU when ``None``);
+    ``batch_pool``: workers write into buffers allocated once (``step_loader``'s choice when ``None``)."""
     from ..data.datasets import LabelledTiles, compact_images_for, find_pairs
     from ..models.segmenters import build_segmenter
     from ..training.accelerator import compiled, eager_channels_last, make_accelerator, step_loader
@@ -238,7 +245,7 @@ def bench_finetune(cfg: ProfileConfig, steps: int, warmup: int, input_only: bool
         model.train()
         model_step = lambda batch, k: train_step(model, batch, opt, acc, tc.lr, None, ds.scheme.ignore_index)  # noqa: E731
     loader = lambda: map(ds.finish, step_loader(acc, ds, dc.batch_size, tc.seed, 0, warmup + steps,  # noqa: E731
-                                                tc.num_workers))
+                                                tc.num_workers, batch_pool=batch_pool))
     if input_only:
         sps, waits = _loop(loader, model_step, acc.device, steps, warmup)
     else:
@@ -364,6 +371,9 @@ def bench_tile_features(cfg: ProfileConfig, repeats: int = 3, preset: str | None
 
 
 SETTINGS = {"smoke": (3, 1), "quick": (12, 3), "full": (30, 5)}  # timed steps, warm-up steps
+# input-only loops at the full profile's settings: a median of 10 waits moved by 5 ms between runs
+# (BENCHMARKS.md); 30 cost a few seconds more
+INPUT_STEPS = 30
 
 
 def bench_pipeline(profile: str = "quick") -> dict[str, Any]:
@@ -379,14 +389,20 @@ def bench_pipeline(profile: str = "quick") -> dict[str, Any]:
     result["ddpm"] = bench_ddpm(ddpm_cfg, steps, warmup)
     result["finetune"] = bench_finetune(cfg, steps, warmup)
     full_ddpm = replace(full.ddpm, mixed_precision=ddpm_cfg.mixed_precision)
-    result["ddpm_input_full_settings"] = bench_ddpm(full_ddpm, max(steps, 10), 2, input_only=True)
+    result["ddpm_input_full_settings"] = bench_ddpm(full_ddpm, max(steps, INPUT_STEPS), 2, input_only=True)
+    if not on_gpu:
+        result["ddpm_input_full_settings_fresh_buffers"] = bench_ddpm(full_ddpm, max(steps, INPUT_STEPS), 2,
+                                                                      input_only=True, batch_pool=False)
     full_ft = dataclasses.replace(cfg, data=replace(cfg.data, batch_size=full.data.batch_size,
                                                     crop_size=full.data.crop_size),
                                   train=replace(cfg.train, num_workers=full.train.num_workers))
-    result["finetune_input_full_settings"] = bench_finetune(full_ft, max(steps, 10), 2, input_only=True)
-    if not on_gpu:  # the other transport, for the record: 8-bit crops normalised in the main process
-        result["finetune_input_full_settings_compact"] = bench_finetune(full_ft, max(steps, 10), 2, input_only=True,
-                                                                        compact=True)
+    result["finetune_input_full_settings"] = bench_finetune(full_ft, max(steps, INPUT_STEPS), 2, input_only=True)
+    if not on_gpu:  # the other transports, for the record: 8-bit crops normalised in the main process, and
+        # float crops in a fresh shared buffer per batch (what the batch pool replaced on the CPU)
+        n = max(steps, INPUT_STEPS)
+        result["finetune_input_full_settings_compact"] = bench_finetune(full_ft, n, 2, input_only=True, compact=True)
+        result["finetune_input_full_settings_fresh_buffers"] = bench_finetune(full_ft, n, 2, input_only=True,
+                                                                              batch_pool=False)
     result["features"] = bench_tile_features(cfg, preset=ddpm_cfg.preset)
     result["targets"] = {
         "ddpm_overhead_le_1_15": result["ddpm"]["overhead"] <= 1.15,

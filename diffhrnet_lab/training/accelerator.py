@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from torch.utils.data import BatchSampler, DataLoader
 
+from ..data.batch_pool import BatchPool, slots_for
 from ..data.datasets import collate_batch
 from ..errors import ConfigError
 
@@ -100,8 +101,9 @@ class StepBatchSampler(BatchSampler):
     run through epochs.  A real :class:`BatchSampler` (with ``batch_size``) so that accelerate
     shards each global batch across processes."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int, pool: BatchPool | None = None):
         self.n, self.batch_size, self.seed, self.start, self.end = n, batch_size, seed, start, end
+        self.pool = pool
         self.drop_last = True
         self.steps_per_epoch = n // batch_size
         if self.steps_per_epoch == 0:
@@ -118,28 +120,43 @@ class StepBatchSampler(BatchSampler):
             for b in range(offset, self.steps_per_epoch):
                 if step >= self.end:
                     return
-                yield [epoch * self.n + i for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+                batch = [epoch * self.n + i for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+                yield batch if self.pool is None else self.pool.tag(batch, step - self.start)
                 step += 1
 
 
+PREFETCH_FACTOR = 4
+
+
 def step_loader(accelerator: Accelerator, dataset, batch_size: int, seed: int, start: int, end: int,
-                num_workers: int = 0, pin_memory: bool | None = None) -> DataLoader:
+                num_workers: int = 0, pin_memory: bool | None = None, batch_pool: bool | None = None) -> DataLoader:
     """One DataLoader for the steps ``start .. end-1`` of a loop, prepared by accelerate.
 
     The loader gets its own generator: a DataLoader iterator otherwise draws a seed from the global
     RNG that dropout also uses, and a resumed run would then drop out different units.  Workers
     (``num_workers``) start once per loop; pinned memory on CUDA makes the copy to the device
-    asynchronous."""
-    sampler = StepBatchSampler(len(dataset), batch_size, seed, start, end)
+    asynchronous.  ``batch_pool`` (default: on the CPU, with workers, one process, and a dataset
+    that builds whole batches): workers write into shared buffers allocated once for the loop
+    (:mod:`..data.batch_pool`) instead of a fresh segment per batch; the batches then go through
+    the dataset's ``finish``, which every training loop calls."""
+    pool = None
+    shapes = getattr(dataset, "batch_shapes", lambda b: None)(batch_size)
+    if batch_pool is None:
+        batch_pool = accelerator.device.type == "cpu" and accelerator.num_processes == 1
+    if batch_pool and num_workers and shapes is not None:
+        pool = BatchPool(slots_for(num_workers, PREFETCH_FACTOR), shapes)
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start, end, pool)
     pin = accelerator.device.type == "cuda" if pin_memory is None else pin_memory
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
-                        collate_fn=collate_batch, persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                        collate_fn=collate_batch, persistent_workers=False,
+                        prefetch_factor=PREFETCH_FACTOR if num_workers else None,
                         generator=torch.Generator().manual_seed(seed))
     return accelerator.prepare_data_loader(loader, device_placement=True)
 
 
 def epoch_loader(accelerator: Accelerator, dataset, batch_size: int, seed: int, epoch: int, offset: int = 0,
-                 num_workers: int = 0) -> DataLoader:
+                 num_workers: int = 0, batch_pool: bool | None = None) -> DataLoader:
     """The batches of one epoch from batch ``offset`` on: :func:`step_loader` over that epoch's steps."""
     spe = len(dataset) // batch_size
-    return step_loader(accelerator, dataset, batch_size, seed, epoch * spe + offset, (epoch + 1) * spe, num_workers)
+    return step_loader(accelerator, dataset, batch_size, seed, epoch * spe + offset, (epoch + 1) * spe, num_workers,
+                       batch_pool=batch_pool)

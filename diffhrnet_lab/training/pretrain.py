@@ -32,6 +32,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..config import DDPMConfig, samples_dir
+from ..data.batch_pool import resolve
 from ..data.datasets import UnlabelledPool
 from ..ddpm.sample import save_sample_grid
 from ..ddpm.unet import build_scheduler, build_unet, bundle_weights, save_bundle
@@ -199,7 +200,7 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
 
     loader = step_loader(accelerator, pool, cfg.batch_size, cfg.seed, step, end, cfg.num_workers)
     for batch in loader:
-        losses.add(step + 1, tr.step(batch["image"], step))
+        losses.add(step + 1, tr.step(resolve(batch)["image"], step))
         step += 1
         fault_point("step", step)
         bar.update(1)

@@ -149,6 +149,24 @@ def test_fine_tune_on_8_bit_crops_finished_on_the_device_equals_the_float_path(t
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_fine_tune_with_workers_writing_into_the_batch_pool_equals_the_main_process_loop(tmp_path, make_labelled):
+    """On the CPU, workers write each batch into a pool of shared buffers reused every 12 batches
+    (``data.batch_pool``); 14 steps through 2 workers must train exactly as the loop without workers."""
+    from safetensors.torch import load_file
+
+    root = make_labelled(5, size=(80, 96), bands=3)
+    cfg = _cfg("hrnet", steps=14)
+    cfg.data = replace(cfg.data, root=str(root), photometric=0.2, crop_size=64)
+    cfg.train = replace(cfg.train, num_workers=0, eval_window=0)
+    a = finetune(cfg, tmp_path / "main", progress=False)
+    cfg.train = replace(cfg.train, num_workers=2)
+    b = finetune(cfg, tmp_path / "workers", progress=False)
+    drop = lambda hist: [{k: v for k, v in r.items() if k != "seconds"} for r in hist]  # noqa: E731
+    assert len(a["history"]) == 14 and drop(a["history"]) == drop(b["history"])
+    wa, wb = (load_file(str(tmp_path / x / "last" / "model.safetensors")) for x in ("main", "workers"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_feature_cache_refuses_a_ddpm_being_finetuned(tmp_path):
     cfg = profile_config("smoke")
     cfg.model = replace(cfg.model, method="diffhrnet", finetune_ddpm=True)

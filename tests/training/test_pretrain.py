@@ -46,6 +46,18 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
 
 
+def test_pretraining_with_workers_writing_into_the_batch_pool_equals_the_main_process_loop(tmp_path):
+    """Two workers on the CPU write each batch into shared buffers reused every 12 batches
+    (``data.batch_pool``); 14 steps must give the losses and weights of the loop without workers."""
+    cfg = _smoke_cfg(steps=14, checkpoint_every=14)
+    pretrain(cfg, tmp_path / "main", progress=False)
+    pretrain(dataclasses.replace(cfg, num_workers=2), tmp_path / "workers", progress=False)
+    wa, wb = _weights(tmp_path / "main" / "final"), _weights(tmp_path / "workers" / "final")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    log_a, log_b = (read_loss_log(tmp_path / x / "loss_log.csv") for x in ("main", "workers"))
+    assert len(log_a) == 14 and [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
 @pytest.mark.slow
 def test_pretrain_outputs_rotation_and_bundle(tmp_path):
     cfg = _smoke_cfg(keep_checkpoints=1, sample_every=4)
