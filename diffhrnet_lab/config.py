@@ -183,6 +183,8 @@ class ModelConfig:
     rgb_norm: str = "dataset"  # HRNet's image input: dataset band statistics, or "window": each crop/window standardised per band
     correction: str = "logits"  # residual model: HRNet adds logits, or "propagate": it only spreads the base's along the image
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
+    base_blocks: str = ""  # residual model: decoder blocks its pixel-classifier base reads, e.g. "0,1" ("": all of features.blocks)
+    fusion_blocks: str = ""  # decoder blocks fused into HRNet (stages, head), e.g. "1,2" ("": all of features.blocks)
 
 
 # ModelConfig fields added after the first checkpoints and runs were written, with what the code did
@@ -190,7 +192,7 @@ class ModelConfig:
 MODEL_FIELDS_BEFORE = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False,
                        "residual": False, "detach_base": False, "rgb_lr": 1.0,
                        "rgb_dropout": 0.0, "correction_scale": 1.0, "correction_dropout": 0.0,
-                       "rgb_norm": "dataset", "correction": "logits"}
+                       "rgb_norm": "dataset", "correction": "logits", "base_blocks": "", "fusion_blocks": ""}
 # ModelConfig fields that change how trained weights are scored, not what they learn: a finished run
 # is scored again with a new value (experiments.label_efficiency) instead of being trained again
 SCORING_ONLY = ("correction_scale",)

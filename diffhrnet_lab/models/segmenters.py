@@ -60,7 +60,8 @@ class DiffHRNet(nn.Module):
                  head_dropout: float = 0.1, feature_norm: bool = False, head_fusion: int = 0,
                  aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False,
                  detach_base: bool = False, rgb_dropout: float = 0.0, correction_scale: float = 1.0,
-                 correction_dropout: float = 0.0, rgb_norm: str = "dataset", correction: str = "logits"):
+                 correction_dropout: float = 0.0, rgb_norm: str = "dataset", correction: str = "logits",
+                 base_blocks: str | Sequence[int] = "", fusion_blocks: str | Sequence[int] = ""):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
@@ -118,11 +119,20 @@ class DiffHRNet(nn.Module):
         self.correction = correction
         chans = [extractor.channels()[k] for k in extractor.keys] if self.uses_streams else []
         self.norm = StreamNorm(chans) if self.uses_streams and feature_norm else None
-        self.head_streams = HeadStreams(chans, head_fusion) if self.uses_streams and head_fusion else None
+        # round 23: the base and HRNet may read different decoder blocks (the pixel classifier did best
+        # on blocks 0 and 1, the fused correction on 1 and 2); by default both read every block
+        if base_blocks and not (aux_weight or residual):
+            raise ConfigError("model.base_blocks chooses what the pixel-classifier base reads: it needs "
+                              "model.residual=true or model.aux_weight > 0")
+        self.base_streams = self._streams_of("model.base_blocks", base_blocks)
+        self.fusion_streams = self._streams_of("model.fusion_blocks", fusion_blocks)
+        fused = [chans[i] for i in self.fusion_streams]
+        self.head_streams = HeadStreams(fused, head_fusion) if self.uses_streams and head_fusion else None
         extra = [self.head_streams.width] if self.head_streams else []
         head_out = propagation_channels() if correction == "propagate" else num_classes
         self.head = HRNetV2Head(list(self.backbone.out_channels) + extra, head_out, dropout=head_dropout)
-        self.aux = pixel_mlp(sum(chans), num_classes) if self.uses_streams and (aux_weight or residual) else None
+        self.aux = (pixel_mlp(sum(chans[i] for i in self.base_streams), num_classes)
+                    if self.uses_streams and (aux_weight or residual) else None)
         self.aux_weight, self.logit_fusion = aux_weight, logit_fusion or (residual and self.uses_streams)
         # the base is then trained exactly as the DDPM pixel classifier is, and HRNet only corrects it
         self.detach_base = detach_base
@@ -140,7 +150,23 @@ class DiffHRNet(nn.Module):
             self.ddpm.requires_grad_(finetune_ddpm)
             for s in self.stages:
                 for i, width in enumerate(self.backbone.stage_channels[s - 1]):
-                    self.points[f"s{s}b{i}"] = FusionPoint(fusion, width, chans, identity_start=rgb_dropout < 1)
+                    self.points[f"s{s}b{i}"] = FusionPoint(fusion, width, fused, identity_start=rgb_dropout < 1)
+
+    def _streams_of(self, setting: str, blocks: str | Sequence[int]) -> list[int]:
+        """Positions in the extractor's keys of the streams from ``blocks`` (empty: every stream)."""
+        if not self.uses_streams:
+            return []
+        keys = self.extractor.keys
+        if isinstance(blocks, str):
+            try:
+                blocks = [int(b) for b in blocks.replace(",", " ").split()]
+            except ValueError:
+                raise ConfigError(f"{setting} '{blocks}': decoder block numbers, e.g. 1,2") from None
+        have = sorted({b for _, b in keys})
+        if any(b not in have for b in blocks):
+            raise ConfigError(f"{setting} names block(s) {sorted(set(blocks) - set(have))}, but the features hold "
+                              f"blocks {have} (features.blocks)")
+        return [i for i, (_, b) in enumerate(keys) if not blocks or b in blocks]
 
     def ddpm_streams(self, x: torch.Tensor) -> list[torch.Tensor]:
         assert self.extractor is not None
@@ -168,7 +194,7 @@ class DiffHRNet(nn.Module):
             if self.norm is not None:
                 streams = self.norm(streams)
 
-            pooled = PooledStreams(streams)
+            pooled = PooledStreams([streams[i] for i in self.fusion_streams])
 
             def fuse_stage(stage: int, branches: list[torch.Tensor]) -> list[torch.Tensor]:
                 if stage not in self.stages:
@@ -181,7 +207,7 @@ class DiffHRNet(nn.Module):
             branches = [*branches, self.head_streams(pooled, branches[0].shape[-2:])]
         logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
         if self.aux is not None:
-            aux = self.aux.classify_streams(streams, xp.shape[-2:], xp.dtype)
+            aux = self.aux.classify_streams([streams[i] for i in self.base_streams], xp.shape[-2:], xp.dtype)
             base = aux.detach() if self.detach_base else aux
             if self.correction == "propagate":
                 logits = propagate(base, logits)
@@ -278,7 +304,8 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
                      logit_fusion=model.logit_fusion, residual=model.residual,
                      detach_base=model.detach_base, rgb_dropout=model.rgb_dropout,
                      correction_scale=model.correction_scale, correction_dropout=model.correction_dropout,
-                     rgb_norm=model.rgb_norm, correction=model.correction)
+                     rgb_norm=model.rgb_norm, correction=model.correction, base_blocks=model.base_blocks,
+                     fusion_blocks=model.fusion_blocks)
 
 
 def saved_features(meta: dict[str, Any]) -> FeatureConfig:

@@ -265,6 +265,46 @@ def test_correction_scale_averages_the_fused_model_and_its_base_when_scoring_onl
     torch.testing.assert_close(half, (full + base) / 2, rtol=1e-5, atol=1e-5)
 
 
+def test_base_and_hrnet_read_only_the_decoder_blocks_each_is_given():
+    """``model.base_blocks`` / ``model.fusion_blocks`` (round 23): with blocks 0, 1, 2 extracted, a
+    base on 0 and 1 and HRNet on 1 and 2, a change in block 0's features moves the base and leaves
+    HRNet's correction (the logits minus the base's) as it was; a change in block 2's moves the
+    correction and leaves the base as it was."""
+    torch.manual_seed(0)
+    fx3 = FeatureExtractor(build_unet("tiny", 4, 64), build_scheduler(), (50,), (0, 1, 2))
+    m = DiffHRNet(5, 4, "w18_small", fx3, stages="multistage", feature_norm=True, residual=True,
+                  base_blocks="0,1", fusion_blocks="1 2")
+    chans = fx3.channels()
+    assert m.aux[0].in_channels == sum(chans[k] for k in fx3.keys if k[1] in (0, 1))
+    assert m.base_streams == [0, 1] and m.fusion_streams == [1, 2]
+    torch.nn.init.normal_(m.head.classify.weight, std=1e-3)  # a trained correction, not the zero start
+    for p in m.points.parameters():  # open fusion points, not the identity start
+        torch.nn.init.normal_(p, std=0.02)
+    m.eval()
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        streams = [fx3.compute(x)[k] for k in fx3.keys]
+        moved = [s + (10 * torch.randn_like(s) if k[1] == n else 0) for n in (0, 2) for s, k in zip(streams, fx3.keys)]
+        runs = {}
+        for name, s in (("same", streams), ("block0", moved[:3]), ("block2", moved[3:])):
+            logits = m(x, s)
+            base = m.aux.classify_streams([m.norm(s)[i] for i in (0, 1)], x.shape[-2:], x.dtype)
+            runs[name] = (base, logits - base)
+    (b, c), (b0, c0), (b2, c2) = runs["same"], runs["block0"], runs["block2"]
+    assert (b0 - b).abs().max() > 0.5 and (c2 - c).abs().max() > 0.01  # both parts do read these streams
+    torch.testing.assert_close(b2, b)
+    torch.testing.assert_close(c0, c, rtol=1e-6, atol=1e-4)  # float32 rounding of logits up to ~80
+
+
+def test_blocks_a_model_part_reads_must_be_extracted(fx):
+    with pytest.raises(ConfigError, match=r"model.base_blocks names block\(s\) \[2\], but the features hold blocks \[0, 1\]"):
+        DiffHRNet(5, 4, "w18_small", fx, residual=True, base_blocks="1,2")
+    with pytest.raises(ConfigError, match="model.fusion_blocks 'one'"):
+        DiffHRNet(5, 4, "w18_small", fx, residual=True, fusion_blocks="one")
+    with pytest.raises(ConfigError, match="needs model.residual=true"):
+        DiffHRNet(5, 4, "w18_small", fx, base_blocks="0")
+
+
 def test_correction_scale_does_not_change_training(fx):
     torch.manual_seed(0)
     a = DiffHRNet(5, 4, "w18_small", fx, stages="multistage", feature_norm=True, residual=True, correction_scale=0.5)
