@@ -14,9 +14,10 @@ the next, the previous one.  :func:`slots_for` gives more slots than that, a mul
 of workers, so each worker keeps writing into the same few slots.  A loop that keeps a batch longer
 would see it overwritten: :meth:`BatchPool.take` refuses rather than let that pass silently.
 
-Workers find the pool through a registry that a forked worker inherits.  A worker that does not
-find it (the ``spawn`` start method, macOS's and Windows' default) builds the batch as before:
-slower, never wrong.
+Workers find the pool in a registry: :meth:`BatchPool.worker_init` (the loader's
+``worker_init_fn``) puts it there in each worker, whatever the start method (``fork``; ``spawn``,
+macOS's and Windows' default; ``forkserver``, Python 3.14's on Linux), the buffers travelling as
+shared memory.  A worker that does not find it builds the batch as before: slower, never wrong.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from ..errors import DataError
 
 _POOLS: weakref.WeakValueDictionary[int, BatchPool] = weakref.WeakValueDictionary()
+_IN_WORKER: dict[int, BatchPool] = {}  # a worker's pools: nothing else there keeps them alive
 _KEYS = itertools.count()
 
 
@@ -64,6 +66,18 @@ class BatchPool:
         self.buffers = {name: torch.zeros((slots, *shape), dtype=dtype).share_memory_()
                         for name, (shape, dtype) in shapes.items()}
         self._handed: list[list[weakref.ref]] = [[] for _ in range(slots)]
+        _POOLS[self.key] = self
+
+    def __getstate__(self) -> dict:  # to a worker: the buffers (as shared memory), not the hand-out record
+        return {"slots": self.slots, "key": self.key, "buffers": self.buffers}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._handed = [[] for _ in range(self.slots)]
+
+    def worker_init(self, worker_id: int) -> None:
+        """The loader's ``worker_init_fn``: register the pool in the worker."""
+        _IN_WORKER[self.key] = self
         _POOLS[self.key] = self
 
     def nbytes(self) -> int:

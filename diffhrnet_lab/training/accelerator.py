@@ -150,6 +150,7 @@ def step_loader(accelerator: Accelerator, dataset, batch_size: int, seed: int, s
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
                         collate_fn=collate_batch, persistent_workers=False,
                         prefetch_factor=PREFETCH_FACTOR if num_workers else None,
+                        worker_init_fn=pool.worker_init if pool is not None else None,
                         generator=torch.Generator().manual_seed(seed))
     return accelerator.prepare_data_loader(loader, device_placement=True)
 

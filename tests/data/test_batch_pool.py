@@ -98,3 +98,24 @@ def test_unlabelled_whole_batches_equal_the_items_collated(make_labelled):
     want = default_collate([pool[i] for i in indices])
     got = pool.__getitems__(indices).whole
     assert got["id"] == want["id"] and torch.equal(got["image"], want["image"])
+
+
+def test_workers_started_by_spawn_write_into_the_pool_too(make_labelled):
+    """``spawn`` (macOS, Windows; ``forkserver`` is Python 3.14's default on Linux) shares nothing
+    by inheritance: the pool reaches each worker through ``worker_init_fn``, as shared memory."""
+    from torch.utils.data import DataLoader
+
+    from diffhrnet_lab.data.datasets import collate_batch
+
+    ds = _tiles(make_labelled)
+    pool = BatchPool(3, ds.batch_shapes(4))
+    batches = [[3, 1, 6, 2], [0, 5, 7, 4], [9, 8, 12, 10], [11, 13, 15, 14]]
+    loader = DataLoader(ds, batch_sampler=[pool.tag(b, k) for k, b in enumerate(batches)], num_workers=1,
+                        collate_fn=collate_batch, worker_init_fn=pool.worker_init, multiprocessing_context="spawn",
+                        prefetch_factor=1)
+    got = []
+    for b in loader:
+        assert isinstance(b, PooledBatch)
+        got.append(ds.finish(b)["image"].clone())
+    want = [collate_batch(ds.__getitems__(b))["image"] for b in batches]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
