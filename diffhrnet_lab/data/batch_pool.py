@@ -80,9 +80,6 @@ class BatchPool:
         _IN_WORKER[self.key] = self
         _POOLS[self.key] = self
 
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers.values())
-
     def tag(self, indices: Sequence[int], position: int) -> SlotIndices:
         """The indices of a loader's ``position``-th batch, sent to the slot it may use."""
         return SlotIndices(indices, self.key, position % self.slots)
