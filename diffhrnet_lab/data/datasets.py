@@ -459,15 +459,13 @@ class LabelledTiles(_Seeded):
         collation copies again (:func:`collate_batch`; another collation stacks the items as usual).
         The same values as the items of :meth:`__getitem__`; other layouts (compact, cached
         features, whole tiles) go item by item."""
-        if self.batch_shapes(len(indices)) is None:
+        shapes = self.batch_shapes(len(indices))
+        if shapes is None:
             return [self[i] for i in indices]
         bands, crop = self.images[0].shape[0], self.crop_size
         pooled = worker_slot(indices)
-        if pooled is not None:
-            image, mask = pooled[0]["image"], pooled[0]["mask"]
-        else:
-            image = batch_tensor((len(indices), bands, crop, crop), torch.float32)
-            mask = batch_tensor((len(indices), crop, crop), self.mask_dtype)
+        buffers = pooled[0] if pooled else {k: batch_tensor(*v) for k, v in shapes.items()}
+        image, mask = buffers["image"], buffers["mask"]
         ids = []
         for j, index in enumerate(indices):
             i, rng = self._tile_and_rng(index)
@@ -620,7 +618,7 @@ class UnlabelledPool(_Seeded):
         """A whole batch, each crop written once into the batch tensor (a slot of the loader's
         :class:`~.batch_pool.BatchPool` where it has one): the values of :meth:`__getitem__`."""
         pooled = worker_slot(indices)
-        image = pooled[0]["image"] if pooled else batch_tensor(self.batch_shapes(len(indices))["image"][0], torch.float32)
+        image = pooled[0]["image"] if pooled else batch_tensor(*self.batch_shapes(len(indices))["image"])
         ids = []
         for j, index in enumerate(indices):
             epoch, local = self._locate(index)
