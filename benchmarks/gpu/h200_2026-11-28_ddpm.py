@@ -8,7 +8,7 @@ autocast only adds cast kernels to a launch-bound step). The step count cannot b
 the lease: a short calibration run measures steps/s, and the main run takes the count that fits
 the time left (the cosine schedule needs it fixed up front). The bundle comes back as one tar.
 
-Run from the repository root: ``python benchmarks/gpu/h100_2026-11-28_ddpm.py``; ``DRY=1`` runs it
+Run from the repository root: ``python benchmarks/gpu/h200_2026-11-28_ddpm.py``; ``DRY=1`` runs it
 on a CPU with tiny sizes; ``DEADLINE_S`` is the seconds the whole script may take."""
 import csv, json, os, subprocess, sys, tarfile, time
 
