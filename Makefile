@@ -43,4 +43,4 @@ samples: $(STAMP)
 	$(BIN)/diffhrnet-lab samples --out data_samples
 
 clean:
-	rm -rf runs results .pytest_cache
+	rm -rf runs results results_* .pytest_cache

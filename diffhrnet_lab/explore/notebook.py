@@ -90,6 +90,7 @@ class StagePaths:
     ddpm_from: str  # why that bundle: "ddpm_dir", "run_dir" or "embedded"
     run: Path | None  # the course's shared output folder; None: each notebook's own default
     dataset: str = ""  # a named dataset layout (data.layouts), read as it is released; "": images/ + masks/
+    profile: str = "quick"  # the profile the notebook runs (cfg.name): part of its own output folder
 
     def pairs(self):
         """The labelled image/mask pairs of ``data``, read through the dataset's layout when named."""
@@ -98,8 +99,14 @@ class StagePaths:
         return resolve_dataset(self.data, self.dataset, self.scheme).labelled
 
     def out(self, stage: str, default: str) -> Path:
-        """Where a notebook writes: ``run_dir/<stage>`` when chained, else its own ``default``."""
-        return self.run / stage if self.run is not None else Path(default)
+        """Where a notebook writes: ``run_dir/<stage>`` when chained, else its own ``default``, suffixed
+        with the profile unless it is ``quick`` (the committed outputs' profile, whose folder names the
+        notebooks' text quotes). The suffix keeps a smoke run (``make test``) and a quick one out of each
+        other's checkpoints: notebook 03 resumes what it finds in its folder, and a smoke run's batch
+        size would stop a quick run there."""
+        if self.run is not None:
+            return self.run / stage
+        return Path(default) if self.profile == "quick" else Path(f"{default}_{self.profile}")
 
     def apply(self, cfg: ProfileConfig) -> ProfileConfig:
         """``cfg`` reading this dataset and this DDPM (the ``data`` and ``features`` sections)."""
@@ -159,7 +166,7 @@ def stage_paths(cfg: ProfileConfig, data_root: str = "", ddpm_dir: str = "", run
         ddpm, why = find_bundle(run / DDPM_SUBDIR), "run_dir: trained by notebook 01"
     else:
         ddpm, why = embedded_ddpm_dir(), "embedded"
-    return StagePaths(data=data, scheme=scheme, ddpm=ddpm, ddpm_from=why, run=run, dataset=dataset)
+    return StagePaths(data=data, scheme=scheme, ddpm=ddpm, ddpm_from=why, run=run, dataset=dataset, profile=cfg.name)
 
 
 # The kit names no public repository yet (README, pyproject): every notebook's badge is built from

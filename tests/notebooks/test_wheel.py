@@ -145,7 +145,8 @@ def test_stage_paths_fall_back_to_the_embedded_samples_and_ddpm():
     p = stage_paths(profile_config("smoke"))
     assert p.ddpm == embedded_ddpm_dir() and p.ddpm_from == "embedded" and p.run is None
     assert p.data.name == "labelled" and p.scheme == "samples"
-    assert p.out("ddpm", "runs/notebook_ddpm") == Path("runs/notebook_ddpm")
+    assert p.out("ddpm", "runs/notebook_ddpm") == Path("runs/notebook_ddpm_smoke")
+    assert stage_paths(profile_config("quick")).out("ddpm", "runs/notebook_ddpm") == Path("runs/notebook_ddpm")
     cfg = p.apply(profile_config("smoke"))
     assert cfg.features.checkpoint == str(embedded_ddpm_dir()) and cfg.data.root == str(p.data)
 
