@@ -85,6 +85,19 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path):
         assert latest_checkpoint(tmp_path / "checkpoints").name == "step_0000002"
 
 
+def test_a_pool_of_fewer_tiles_than_a_batch_draws_each_batch_over_all_of_them(tmp_path):
+    """Three large scenes and a batch of 4: an epoch is one batch of crops from every tile in turn
+    (it used to stop with "fewer than one batch")."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_geotiff(tmp_path / "pool" / f"p{i}.tif", (rng.random((4, 48, 48)) * 255).astype(np.float32))
+    cfg = _smoke_cfg(pool=str(tmp_path / "pool"), steps=3, checkpoint_every=3)
+    pretrain(cfg, tmp_path / "run", progress=False)
+    log = read_loss_log(tmp_path / "run" / "loss_log.csv")
+    assert [(r["step"], r["epoch"]) for r in log] == [("1", "0"), ("2", "1"), ("3", "2")]
+    assert load_bundle(tmp_path / "run" / "final").meta["step"] == 3
+
+
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(4):
