@@ -166,7 +166,7 @@ def pretrain(cfg: DDPMConfig, out_dir: str | os.PathLike, resume: str | None = N
               f"{cfg.batch_size}, mixed precision {accelerator.mixed_precision}")
     pool_dir = Path(cfg.pool) if cfg.pool else samples_dir() / "unlabelled"
     pool = UnlabelledPool(pool_dir, crop_size=cfg.sample_size, augment=True, seed=cfg.seed)
-    if len(pool) < cfg.batch_size:  # a few large scenes: each epoch is one batch of crops drawn over all of them
+    if len(pool) < cfg.batch_size:  # a few large scenes: each epoch is one batch of crops over them
         pool.samples_per_epoch = cfg.batch_size
 
     tr = setup(cfg, pool, accelerator)

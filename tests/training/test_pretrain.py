@@ -85,8 +85,8 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path):
         assert latest_checkpoint(tmp_path / "checkpoints").name == "step_0000002"
 
 
-def test_a_pool_of_fewer_tiles_than_a_batch_draws_each_batch_over_all_of_them(tmp_path):
-    """Three large scenes and a batch of 4: an epoch is one batch of crops from every tile in turn
+def test_a_pool_of_fewer_tiles_than_a_batch_trains_one_batch_per_epoch(tmp_path):
+    """Three large scenes and a batch of 4: each epoch is one batch of crops drawn over the tiles
     (it used to stop with "fewer than one batch")."""
     rng = np.random.default_rng(0)
     for i in range(3):
