@@ -185,6 +185,7 @@ class ModelConfig:
     init_timm: str = ""  # ImageNet start for the backbone: a timm name (hrnet_w18_small_v2.ms_in1k) or a .safetensors file
     base_blocks: str = ""  # residual model: decoder blocks its pixel-classifier base reads, e.g. "0,1" ("": all of features.blocks)
     fusion_blocks: str = ""  # decoder blocks fused into HRNet (stages, head), e.g. "1,2" ("": all of features.blocks)
+    base_init: str = ""  # residual model: a finished ddpm_mlp run whose classifier becomes the base, frozen (round 25)
 
 
 # ModelConfig fields added after the first checkpoints and runs were written, with what the code did
@@ -192,7 +193,8 @@ class ModelConfig:
 MODEL_FIELDS_BEFORE = {"feature_norm": False, "head_fusion": 0, "aux_weight": 0.0, "logit_fusion": False,
                        "residual": False, "detach_base": False, "rgb_lr": 1.0,
                        "rgb_dropout": 0.0, "correction_scale": 1.0, "correction_dropout": 0.0,
-                       "rgb_norm": "dataset", "correction": "logits", "base_blocks": "", "fusion_blocks": ""}
+                       "rgb_norm": "dataset", "correction": "logits", "base_blocks": "", "fusion_blocks": "",
+                       "base_init": ""}
 # ModelConfig fields that change how trained weights are scored, not what they learn: a finished run
 # is scored again with a new value (experiments.label_efficiency) instead of being trained again
 SCORING_ONLY = ("correction_scale",)

@@ -41,7 +41,7 @@ from ..config import MODEL_FIELDS_BEFORE, SCORING_ONLY, ModelConfig, ProfileConf
 from ..data.datasets import find_pairs, first_per_group, groups_of
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_csv, atomic_write_json, atomic_write_text, check_writable, markdown_table
-from .methods import TEACHERS, check_methods, check_teachers, label, method_model
+from .methods import BASES, TEACHERS, check_methods, check_teachers, label, method_model
 
 BASELINES = ("hrnet", "ddpm_mlp")  # the gains reported: over HRNet alone, and over the DDPM features alone
 
@@ -91,7 +91,8 @@ def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, meth
     the methods of a (fold, budget, seed) train on the same scenes.  ``cache_dir`` is where tile
     features go unless ``features.cache_dir`` names another (a second experiment reusing them).
     A self-trained method (``methods.TEACHERS``) is taught by its teacher's run of the same
-    (fold, budget, seed) under ``out``."""
+    (fold, budget, seed) under ``out``; a method on a frozen base (``methods.BASES``) starts from
+    that base's run there."""
     le = cfg.label_efficiency
     held_out = held_out or le.held_out
     if held_out == "all":
@@ -102,11 +103,16 @@ def run_config(cfg: ProfileConfig, root: Path, ddpm: Path, cache_dir: Path, meth
         if out is None:
             raise ConfigError(f"method '{method}' needs the experiment's folder to find its teacher's run")
         teacher, pseudo = str(run_dir(out, held_out, TEACHERS[method][0], budget, seed)), TEACHERS[method][1]
+    model = method_model(cfg.model, method)
+    if method in BASES:
+        if out is None:
+            raise ConfigError(f"method '{method}' needs the experiment's folder to find its base's run")
+        model = replace(model, base_init=str(run_dir(out, held_out, BASES[method], budget, seed)))
     return dataclasses.replace(
         cfg,
         data=replace(cfg.data, root=str(root), val_groups=(held_out,), train_groups=None, label_budget=budget,
                      seed=seed),
-        model=method_model(cfg.model, method),
+        model=model,
         features=replace(cfg.features, checkpoint=str(ddpm), cache=True, cache_dir=cfg.features.cache_dir or str(cache_dir)),
         train=replace(cfg.train, steps=steps, seed=seed, eval_every=steps,
                       checkpoint_every=min(cfg.train.checkpoint_every, steps), teacher=teacher, **pseudo),

@@ -75,6 +75,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "diffhrnet_st": ("Diff-HRNet, self-trained on the unlabelled scenes", {"method": "diffhrnet"}),
     "ddpm_mlp_st": ("DDPM pixel classifier, self-trained on Diff-HRNet's labels", {"method": "ddpm_mlp"}),
     "diffhrnet_cbst": ("Diff-HRNet, class-balanced self-training", {"method": "diffhrnet"}),
+    # round 25: the base is the finished pixel classifier of the same cell, frozen (model.base_init, see BASES)
+    "diffhrnet_fb": ("Diff-HRNet on the frozen pixel classifier", {"method": "diffhrnet"}),
 }
 
 # student method → (the method whose run of the same (fold, budget, seed) labels the training scenes
@@ -87,6 +89,11 @@ TEACHERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# fused method → the method whose finished run of the same (fold, budget, seed) becomes its frozen
+# base (``model.base_init``): the fused model is that classifier plus HRNet's correction by construction
+BASES: dict[str, str] = {"diffhrnet_fb": "ddpm_mlp"}
+
+
 def check_methods(names) -> list[str]:
     unknown = [m for m in names if m not in METHODS]
     if unknown:
@@ -95,12 +102,16 @@ def check_methods(names) -> list[str]:
 
 
 def check_teachers(names) -> None:
-    """Every self-trained method comes after its teacher, whose finished runs it reads."""
+    """Every self-trained method comes after its teacher, and every method on a frozen base after
+    that base's method: they read those finished runs."""
     names = list(names)
     for i, m in enumerate(names):
         if m in TEACHERS and TEACHERS[m][0] not in names[:i]:
             raise ConfigError(f"method '{m}' learns from the labels of '{TEACHERS[m][0]}' of the same run: "
                               f"list '{TEACHERS[m][0]}' before it")
+        if m in BASES and BASES[m] not in names[:i]:
+            raise ConfigError(f"method '{m}' starts from the finished '{BASES[m]}' run of the same cell: "
+                              f"list '{BASES[m]}' before it")
 
 
 def method_model(model: ModelConfig, name: str) -> ModelConfig:

@@ -61,7 +61,8 @@ class DiffHRNet(nn.Module):
                  aux_weight: float = 0.0, logit_fusion: bool = False, residual: bool = False,
                  detach_base: bool = False, rgb_dropout: float = 0.0, correction_scale: float = 1.0,
                  correction_dropout: float = 0.0, rgb_norm: str = "dataset", correction: str = "logits",
-                 base_blocks: str | Sequence[int] = "", fusion_blocks: str | Sequence[int] = ""):
+                 base_blocks: str | Sequence[int] = "", fusion_blocks: str | Sequence[int] = "",
+                 frozen_base: bool = False):
         super().__init__()
         self.stages = parse_stages(stages) if extractor is not None else ()
         self.backbone = HRNetBackbone(variant, in_channels)
@@ -125,6 +126,17 @@ class DiffHRNet(nn.Module):
             raise ConfigError("model.base_blocks chooses what the pixel-classifier base reads: it needs "
                               "model.residual=true or model.aux_weight > 0")
         self.base_streams = self._streams_of("model.base_blocks", base_blocks)
+        # round 25: the base is a finished pixel classifier, frozen, reading the raw streams as it was
+        # trained to; HRNet learns only the correction, so the base cannot fall below the classifier
+        # alone (round 24's diagnostic: trained jointly it ends 4-7 points below it)
+        if frozen_base and not (residual and self.uses_streams):
+            raise ConfigError("model.base_init makes a finished pixel classifier the residual model's base: "
+                              "it needs model.residual=true (method diffhrnet)")
+        if frozen_base and (base_blocks or aux_weight or detach_base or correction == "propagate"):
+            raise ConfigError("model.base_init freezes the base as the pixel classifier was trained (every block, "
+                              "no loss of its own): leave model.base_blocks, aux_weight and detach_base unset "
+                              "and model.correction=logits")
+        self.frozen_base = frozen_base
         self.fusion_streams = self._streams_of("model.fusion_blocks", fusion_blocks)
         fused = [chans[i] for i in self.fusion_streams]
         self.head_streams = HeadStreams(fused, head_fusion) if self.uses_streams and head_fusion else None
@@ -145,6 +157,8 @@ class DiffHRNet(nn.Module):
                 nn.init.zeros_(self.head.classify.weight)
                 nn.init.zeros_(self.head.classify.bias)
         self.aux_logits: torch.Tensor | None = None
+        if frozen_base:
+            self.aux.requires_grad_(False)
         if self.uses_streams:
             self.ddpm = extractor.unet
             self.ddpm.requires_grad_(finetune_ddpm)
@@ -191,6 +205,7 @@ class DiffHRNet(nn.Module):
         fuse = None  # the backbone's per-stage hook, when streams exist
         if self.uses_streams:
             streams = self.ddpm_streams(xp) if streams is None else self.cached_streams(streams, xp.shape[-2:])
+            raw = streams
             if self.norm is not None:
                 streams = self.norm(streams)
 
@@ -207,7 +222,8 @@ class DiffHRNet(nn.Module):
             branches = [*branches, self.head_streams(pooled, branches[0].shape[-2:])]
         logits = F.interpolate(self.head(branches), size=xp.shape[-2:], mode="bilinear", align_corners=False)
         if self.aux is not None:
-            aux = self.aux.classify_streams([streams[i] for i in self.base_streams], xp.shape[-2:], xp.dtype)
+            base_in = raw if self.frozen_base else streams
+            aux = self.aux.classify_streams([base_in[i] for i in self.base_streams], xp.shape[-2:], xp.dtype)
             base = aux.detach() if self.detach_base else aux
             if self.correction == "propagate":
                 logits = propagate(base, logits)
@@ -221,6 +237,13 @@ class DiffHRNet(nn.Module):
         # the features-only head's logits, for the deep-supervision loss (training.finetune.train_step)
         self.aux_logits = aux[..., :h, :w] if aux is not None and self.aux_weight and self.training else None
         return logits[..., :h, :w]
+
+    def train(self, mode: bool = True) -> "DiffHRNet":
+        """A frozen base keeps its BatchNorm statistics: it scores as the finished classifier did."""
+        super().train(mode)
+        if self.frozen_base:
+            self.aux.eval()
+        return self
 
     def image_input(self, x: torch.Tensor) -> torch.Tensor:
         """HRNet's input: the image (standardised per window with ``rgb_norm="window"``), zeroed per
@@ -285,7 +308,9 @@ def ddpm_dir_of(features: FeatureConfig) -> Path:
 
 
 def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: int, bands: int,
-                    bundle=None) -> nn.Module:
+                    bundle=None, load_base: bool = True) -> nn.Module:
+    """A new segmenter of ``model.method``.  With ``model.base_init`` the residual model's base is
+    loaded from that pixel-classifier run (``load_base=False``: a checkpoint being loaded brings it)."""
     if model.method not in SEGMENTERS:
         raise ConfigError(f"unknown method '{model.method}'; choose one of {', '.join(SEGMENTERS)}")
     if model.method == "hrnet":
@@ -298,14 +323,47 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
     fx = FeatureExtractor.from_bundle(bundle, features.timesteps, features.blocks, noise_seed=features.noise_seed)
     if model.method == "ddpm_mlp":
         return DDPMPixelClassifier(num_classes, fx, finetune_ddpm=model.finetune_ddpm)
-    return DiffHRNet(num_classes, bands, model.variant, extractor=fx, stages=model.stages, fusion=model.fusion,
+    net = DiffHRNet(num_classes, bands, model.variant, extractor=fx, stages=model.stages, fusion=model.fusion,
                      finetune_ddpm=model.finetune_ddpm, head_dropout=model.head_dropout,
                      feature_norm=model.feature_norm, head_fusion=model.head_fusion, aux_weight=model.aux_weight,
                      logit_fusion=model.logit_fusion, residual=model.residual,
                      detach_base=model.detach_base, rgb_dropout=model.rgb_dropout,
                      correction_scale=model.correction_scale, correction_dropout=model.correction_dropout,
                      rgb_norm=model.rgb_norm, correction=model.correction, base_blocks=model.base_blocks,
-                     fusion_blocks=model.fusion_blocks)
+                     fusion_blocks=model.fusion_blocks, frozen_base=bool(model.base_init))
+    if model.base_init and load_base:
+        load_base_classifier(net, model.base_init, features, num_classes, bundle)
+    return net
+
+
+def base_checkpoint(run: str | os.PathLike) -> Path:
+    """A pixel-classifier run folder (its ``last/``: the step the rotation scores) or a checkpoint folder."""
+    r = Path(run)
+    for d in (r, r / "last"):
+        if (d / "model.json").is_file() and (d / "model.safetensors").is_file():
+            return d
+    raise DataError(f"model.base_init '{run}': no finished checkpoint there (want model.json and model.safetensors "
+                    "in it or in its last/); train the ddpm_mlp run first")
+
+
+def load_base_classifier(net: "DiffHRNet", run: str | os.PathLike, features: FeatureConfig, num_classes: int,
+                         bundle) -> None:
+    """Copy a finished ``ddpm_mlp`` run's classifier into ``net``'s base.  It must have read the same
+    DDPM (weights hash), timesteps and blocks, and have the same classes, or its weights mean
+    something else here."""
+    weights, meta_file = _checkpoint_files(base_checkpoint(run))
+    meta = json.loads(meta_file.read_text())
+    want = {"method": "ddpm_mlp", "num_classes": num_classes, "timesteps": list(features.timesteps),
+            "blocks": list(features.blocks), "ddpm": file_hash(bundle_weights(bundle.path))}
+    have = {"method": meta["model"]["method"], "num_classes": meta["num_classes"],
+            "timesteps": list(meta["features"]["timesteps"]), "blocks": list(meta["features"]["blocks"]),
+            "ddpm": meta["ddpm"]["sha256"]}
+    bad = [k for k in want if want[k] != have[k]]
+    if bad:
+        raise DataError(f"{weights.parent}: cannot be this model's base: its {bad[0]} is {str(have[bad[0]])[:16]!r}, "
+                        f"this run's {str(want[bad[0]])[:16]!r}")
+    state = load_file(str(weights))
+    net.aux.load_state_dict({k[len("mlp."):]: v for k, v in state.items() if k.startswith("mlp.")})
 
 
 def saved_features(meta: dict[str, Any]) -> FeatureConfig:
@@ -382,7 +440,7 @@ def load_segmenter(path: str | os.PathLike, ddpm_path: str | os.PathLike | None 
             if have != meta["ddpm"]["sha256"]:
                 raise DataError(f"{ddpm_dir}: DDPM weights differ from those {weights.parent} was trained with "
                                 f"(sha256 {have[:12]} vs {meta['ddpm']['sha256'][:12]}); pass the right bundle")
-    model = build_segmenter(mc, fc, meta["num_classes"], meta["bands"], bundle)
+    model = build_segmenter(mc, fc, meta["num_classes"], meta["bands"], bundle, load_base=False)
     own = model.trainable_state_dict()
     bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
     missing = sorted(set(own) - set(state))

@@ -573,3 +573,50 @@ def test_propagating_model_starts_near_its_base_and_hrnet_learns_where_not_what(
         DiffHRNet(5, 4, "w18_small", fx, residual=True, correction="propagate", correction_scale=0.5)
     with pytest.raises(ConfigError, match="choose one of logits, propagate"):
         DiffHRNet(5, 4, "w18_small", fx, residual=True, correction="blur")
+
+
+def test_a_frozen_base_is_the_finished_pixel_classifier_and_training_leaves_it_so(tmp_path):
+    """``model.base_init`` (round 25): the residual model's base is a finished ``ddpm_mlp`` run's
+    classifier. At step 0 the fused model's logits are that classifier's; after fine-tuning its
+    weights and BatchNorm statistics are still the classifier's, and HRNet has learned a correction."""
+    from diffhrnet_lab.config import profile_config, replace
+    from diffhrnet_lab.models.segmenters import build_segmenter
+    from diffhrnet_lab.training.finetune import finetune
+
+    cfg = profile_config("smoke")
+    cfg.data = replace(cfg.data, batch_size=4, crop_size=64)
+    cfg.train = replace(cfg.train, steps=3, eval_every=3, checkpoint_every=3, warmup_steps=1)
+    cfg.model = replace(cfg.model, method="ddpm_mlp")
+    finetune(cfg, tmp_path / "mlp", progress=False)
+    mlp, meta = load_segmenter(tmp_path / "mlp" / "last")
+    cfg.model = replace(cfg.model, method="diffhrnet", residual=True, feature_norm=True,
+                        base_init=str(tmp_path / "mlp"))
+    net = build_segmenter(cfg.model, cfg.features, meta["num_classes"], meta["bands"], load_bundle(embedded_ddpm_dir()))
+    x = torch.randn(2, meta["bands"], 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), mlp(x), rtol=1e-5, atol=1e-5)
+    assert not any(p.requires_grad for p in net.aux.parameters()) and not net.train().aux.training
+
+    finetune(cfg, tmp_path / "fused", progress=False)
+    fused, fused_meta = load_segmenter(tmp_path / "fused" / "last")
+    assert fused_meta["model"]["base_init"] == str(tmp_path / "mlp")
+    base, classifier = fused.aux.state_dict(), mlp.mlp.state_dict()
+    assert base.keys() == classifier.keys() and all(torch.equal(base[k], classifier[k]) for k in base)
+    assert fused.head.classify.weight.abs().sum() > 0  # HRNet's correction moved off its zero start
+
+
+def test_a_frozen_base_must_be_a_finished_pixel_classifier_of_the_same_features(trained, tmp_path):
+    from diffhrnet_lab.config import FeatureConfig, ModelConfig
+    from diffhrnet_lab.models.segmenters import build_segmenter
+
+    bundle = load_bundle(embedded_ddpm_dir())
+    meta = json.loads((trained / "model.json").read_text())
+    features = FeatureConfig(timesteps=tuple(meta["features"]["timesteps"]), blocks=tuple(meta["features"]["blocks"]))
+    model = ModelConfig(method="diffhrnet", residual=True, base_init=str(trained))
+    with pytest.raises(DataError, match=r"cannot be this model's base: its method is 'diffhrnet'"):
+        build_segmenter(model, features, meta["num_classes"], meta["bands"], bundle)
+    with pytest.raises(DataError, match=r"no finished checkpoint there .* train the ddpm_mlp run first"):
+        build_segmenter(ModelConfig(method="diffhrnet", base_init=str(tmp_path)), features, 7, meta["bands"], bundle)
+    with pytest.raises(ConfigError, match="needs model.residual=true"):
+        build_segmenter(ModelConfig(method="diffhrnet", residual=False, base_init=str(trained)), features, 7,
+                        meta["bands"], bundle)

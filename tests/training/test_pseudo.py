@@ -169,3 +169,21 @@ def test_self_trained_methods_come_after_their_teacher_and_read_its_run(tmp_path
                                   "Tile_2", tmp_path).model  # the student is the default model
     assert run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet", 1, 3, "Tile_2",
                       tmp_path).train.teacher == ""
+
+
+def test_a_method_on_a_frozen_base_reads_the_pixel_classifier_run_of_its_own_cell(tmp_path):
+    """``methods.BASES`` (round 25): like a teacher, the base is the same (fold, budget, seed) run of
+    its method, which must be listed first."""
+    from diffhrnet_lab.config import profile_config
+    from diffhrnet_lab.experiments.label_efficiency import run_config, run_dir
+    from diffhrnet_lab.experiments.methods import check_teachers
+
+    check_teachers(["hrnet", "ddpm_mlp", "diffhrnet_fb"])
+    with pytest.raises(ConfigError, match="starts from the finished 'ddpm_mlp' run of the same cell"):
+        check_teachers(["diffhrnet", "diffhrnet_fb", "ddpm_mlp"])
+    cfg = profile_config("quick")
+    rc = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet_fb", 2, 1, "Tile_3", tmp_path)
+    assert rc.model.base_init == str(run_dir(tmp_path, "Tile_3", "ddpm_mlp", 2, 1))
+    assert rc.model.method == "diffhrnet" and rc.model.residual
+    plain = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet", 2, 1, "Tile_3", tmp_path)
+    assert plain.model.base_init == "" and plain.data == rc.data
