@@ -149,9 +149,9 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
                 for method in le.methods:
                     run = run_dir(out, held_out, method, budget, seed)
                     if (run / "summary.json").exists():
-                        want = method_model(cfg.model, method)
-                        check_same_model(run, want, method)
                         rc = run_config(cfg, root, bundle, out / "feature_cache", method, budget, seed, held_out, out)
+                        want = rc.model  # a frozen base's run included (methods.BASES)
+                        check_same_model(run, want, method)
                         summary = json.loads((run / "summary.json").read_text())
                         check_same_training(run, summary, rc)
                         summary = rescored(run, summary, want, rc)

@@ -161,3 +161,19 @@ def test_a_third_baseline_gets_its_own_paired_gains_and_column():
     assert "gain vs ddpm_mlp_b01 [95 % CI]" in text
     assert "| diffhrnet | 1 | 4 | 43.0 [33.0, 53.0] | +13.0 [+13.0, +13.0] | +3.0 [+3.0, +3.0] | +1.0 [+1.0, +1.0] |" in text
     assert "gain vs ddpm_mlp_b01" not in markdown(summarise(rows, resamples=1000))
+
+
+def test_a_method_on_a_frozen_base_trains_after_its_base_and_is_reused_on_a_rerun(make_labelled, tmp_path, capsys):
+    """``diffhrnet_fb`` (round 25) reads the ``ddpm_mlp`` run of its own cell: a fold trains both, in
+    that order; a re-run finds both finished (the base's path part of the model) and trains nothing."""
+    root = make_labelled(3, bands=4)
+    cfg = _rotation_cfg(budgets=(1,), seeds=(0,))
+    cfg.label_efficiency = replace(cfg.label_efficiency, held_out="t1", methods=("ddpm_mlp", "diffhrnet_fb"))
+    out = tmp_path / "le"
+    result = label_efficiency(root, out, cfg, ddpm=embedded_ddpm_dir(), progress=False)
+    assert [r["method"] for r in result["rows"]] == ["ddpm_mlp", "diffhrnet_fb"]
+    meta = json.loads((out / "runs" / "t1" / "diffhrnet_fb_b1_s0" / "last" / "model.json").read_text())
+    assert meta["model"]["base_init"] == str(out / "runs" / "t1" / "ddpm_mlp_b1_s0")
+    capsys.readouterr()
+    again = label_efficiency(root, out, cfg, ddpm=embedded_ddpm_dir(), progress=False)
+    assert "[finetune]" not in capsys.readouterr().out and again["rows"] == result["rows"]

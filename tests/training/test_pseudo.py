@@ -187,3 +187,22 @@ def test_a_method_on_a_frozen_base_reads_the_pixel_classifier_run_of_its_own_cel
     assert rc.model.method == "diffhrnet" and rc.model.residual
     plain = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet", 2, 1, "Tile_3", tmp_path)
     assert plain.model.base_init == "" and plain.data == rc.data
+
+
+def test_a_finished_run_on_a_frozen_base_is_reused_only_with_that_base(tmp_path):
+    """A finished ``diffhrnet_fb`` run is the model its cell's ``run_config`` asks for (its base
+    included); the same run is refused as plain ``diffhrnet`` or with another cell's base."""
+    from diffhrnet_lab.config import profile_config
+    from diffhrnet_lab.experiments.label_efficiency import check_same_model, run_config, run_dir
+
+    cfg = profile_config("quick")
+    rc = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet_fb", 1, 0, "Tile_1", tmp_path)
+    run = run_dir(tmp_path, "Tile_1", "diffhrnet_fb", 1, 0)
+    (run / "last").mkdir(parents=True)
+    (run / "last" / "model.json").write_text(json.dumps({"model": dataclasses.asdict(rc.model)}))
+    check_same_model(run, rc.model, "diffhrnet_fb")
+    other = run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet_fb", 1, 1, "Tile_1", tmp_path)
+    for want in (other.model, run_config(cfg, tmp_path, tmp_path / "ddpm", tmp_path / "cache", "diffhrnet", 1, 0,
+                                         "Tile_1", tmp_path).model):
+        with pytest.raises(ConfigError, match=r"another model than method .*\(base_init"):
+            check_same_model(run, want, "diffhrnet_fb")
