@@ -142,6 +142,7 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
     held_outs = folds(cfg, root)
     le = cfg.label_efficiency
     bundle = Path(ddpm) if ddpm else pretrain_pool_ddpm(cfg, root, out, progress)
+    digest = ddpm_digest(bundle)
     rows, classes = [], None
     for held_out in held_outs:
         for budget in le.budgets:
@@ -152,6 +153,7 @@ def label_efficiency(data: str | os.PathLike, out_dir: str | os.PathLike, cfg: P
                         rc = run_config(cfg, root, bundle, out / "feature_cache", method, budget, seed, held_out, out)
                         want = rc.model  # a frozen base's run included (methods.BASES)
                         check_same_model(run, want, method)
+                        check_same_ddpm(run, digest, bundle)
                         summary = json.loads((run / "summary.json").read_text())
                         check_same_training(run, summary, rc)
                         summary = rescored(run, summary, want, rc)
@@ -248,6 +250,28 @@ def check_same_model(run: Path, want, method: str) -> None:
         shown = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in sorted(diff.items()))
         raise ConfigError(f"{run}: this finished run trained another model than method '{method}' means now "
                           f"({shown}); rename or move it (or pick another --out) and run again")
+
+
+def ddpm_digest(bundle: Path) -> str | None:
+    """The sha256 of a local bundle's U-Net weights (what a run's ``model.json`` records); ``None``
+    for a bundle named otherwise (a hub id), which the runs then record as they resolved it."""
+    from ..ddpm.unet import bundle_weights
+    from ..features.extractor import file_hash
+
+    weights = bundle_weights(bundle)
+    return file_hash(weights) if weights.is_file() else None
+
+
+def check_same_ddpm(run: Path, digest: str | None, bundle: Path) -> None:
+    """A finished run is reused only if it read this DDPM: the same weights (by hash, so a bundle
+    moved or renamed still matches), or rows of two DDPMs would be paired in one table."""
+    meta_file = next((run / d / "model.json" for d in ("last", "best") if (run / d / "model.json").is_file()), None)
+    if digest is None or meta_file is None:
+        return
+    have = (json.loads(meta_file.read_text()).get("ddpm") or {}).get("sha256")
+    if have and have != digest:
+        raise ConfigError(f"{run}: this finished run read another DDPM (weights sha256 {have[:12]}, {bundle} has "
+                          f"{digest[:12]}); rename or move it (or pick another --out) and run again")
 
 
 def check_same_training(run: Path, summary: dict[str, Any], cfg: ProfileConfig) -> None:

@@ -2,13 +2,14 @@
 bootstrap intervals (issue 16)."""
 
 import json
+import shutil
 from itertools import product
 
 import numpy as np
 import pytest
 
 from diffhrnet_lab.config import embedded_ddpm_dir, profile_config, replace
-from diffhrnet_lab.errors import DataError
+from diffhrnet_lab.errors import ConfigError, DataError
 from diffhrnet_lab.experiments.label_efficiency import (bootstrap_mean, check_paired, folds, label_efficiency,
                                                        markdown, run_config, summarise)
 
@@ -177,3 +178,29 @@ def test_a_method_on_a_frozen_base_trains_after_its_base_and_is_reused_on_a_reru
     capsys.readouterr()
     again = label_efficiency(root, out, cfg, ddpm=embedded_ddpm_dir(), progress=False)
     assert "[finetune]" not in capsys.readouterr().out and again["rows"] == result["rows"]
+
+
+def test_finished_runs_are_reused_with_the_same_ddpm_under_another_path_and_refused_with_another(
+        make_labelled, tmp_path, capsys):
+    """Runs record their DDPM's weight hash: a renamed copy of the bundle reuses them, a bundle with
+    other weights is refused before anything trains (its rows would be paired with the old ones)."""
+    from safetensors.torch import load_file, save_file
+
+    from diffhrnet_lab.ddpm.unet import bundle_weights
+
+    root = make_labelled(3, bands=4)
+    cfg = _rotation_cfg(budgets=(1,), seeds=(0,))
+    cfg.label_efficiency = replace(cfg.label_efficiency, held_out="t1", methods=("hrnet", "ddpm_mlp"))
+    out = tmp_path / "le"
+    first = label_efficiency(root, out, cfg, ddpm=embedded_ddpm_dir(), progress=False)
+    moved = tmp_path / "moved"
+    shutil.copytree(embedded_ddpm_dir(), moved)
+    capsys.readouterr()
+    assert label_efficiency(root, out, cfg, ddpm=moved, progress=False)["rows"] == first["rows"]
+    assert "[finetune]" not in capsys.readouterr().out
+    state = load_file(str(bundle_weights(moved)))
+    name = sorted(state)[0]
+    state[name] = state[name] + 1
+    save_file(state, str(bundle_weights(moved)))
+    with pytest.raises(ConfigError, match=r"ddpm_mlp_b1_s0: this finished run read another DDPM"):
+        label_efficiency(root, out, cfg, ddpm=moved, progress=False)
