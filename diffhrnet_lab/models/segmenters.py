@@ -336,14 +336,15 @@ def build_segmenter(model: ModelConfig, features: FeatureConfig, num_classes: in
     return net
 
 
-def base_checkpoint(run: str | os.PathLike) -> Path:
-    """A pixel-classifier run folder (its ``last/``: the step the rotation scores) or a checkpoint folder."""
+def finished_checkpoint(run: str | os.PathLike, role: str, then: str) -> Path:
+    """A run folder (its ``last/``: the step the rotation scores) or a checkpoint folder itself, that
+    another run reads as its ``role`` (a teacher, a base); ``then`` says what to do when there is none."""
     r = Path(run)
     for d in (r, r / "last"):
         if (d / "model.json").is_file() and (d / "model.safetensors").is_file():
             return d
-    raise DataError(f"model.base_init '{run}': no finished checkpoint there (want model.json and model.safetensors "
-                    "in it or in its last/); train the ddpm_mlp run first")
+    raise DataError(f"{role} '{run}': no finished checkpoint there (want model.json and model.safetensors "
+                    f"in it or in its last/); {then}")
 
 
 def load_base_classifier(net: "DiffHRNet", run: str | os.PathLike, features: FeatureConfig, num_classes: int,
@@ -351,7 +352,7 @@ def load_base_classifier(net: "DiffHRNet", run: str | os.PathLike, features: Fea
     """Copy a finished ``ddpm_mlp`` run's classifier into ``net``'s base.  It must have read the same
     DDPM (weights hash), timesteps and blocks, and have the same classes, or its weights mean
     something else here."""
-    weights, meta_file = _checkpoint_files(base_checkpoint(run))
+    weights, meta_file = _checkpoint_files(finished_checkpoint(run, "model.base_init", "train the ddpm_mlp run first"))
     meta = json.loads(meta_file.read_text())
     want = {"method": "ddpm_mlp", "num_classes": num_classes, "timesteps": list(features.timesteps),
             "blocks": list(features.blocks), "ddpm": file_hash(bundle_weights(bundle.path))}

@@ -30,18 +30,14 @@ from tqdm.auto import tqdm
 from ..data.datasets import Pair
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_save_tensors, atomic_write_json, load_tensors
+from ..models.segmenters import finished_checkpoint
 
 PSEUDO_FILE = "pseudo_labels.safetensors"
 
 
 def teacher_checkpoint(teacher: str | Path) -> Path:
     """A teacher given as a run folder (its ``last/``) or as a checkpoint folder itself."""
-    t = Path(teacher)
-    for d in (t, t / "last"):
-        if (d / "model.json").is_file() and (d / "model.safetensors").is_file():
-            return d
-    raise DataError(f"teacher '{teacher}': no finished checkpoint there (want model.json and model.safetensors "
-                    "in it or in its last/); train the teacher first")
+    return finished_checkpoint(teacher, "teacher", "train the teacher first")
 
 
 def unlabelled_pairs(candidates: Sequence[Pair], labelled: Sequence[Pair]) -> list[Pair]:
