@@ -30,7 +30,9 @@ for arg in sys.argv[3:]:
     rows += [{**r, "method": name} for r in extra["rows"] if r["method"] == method]
     baselines += [name] if role == ["baseline"] else []
     variants[name] = {"method": method, "command": extra["command"], "settings": extra["settings"]}
-check_paired(rows, list(dict.fromkeys(r["method"] for r in rows)))
+order = list(dict.fromkeys([*(m for m in BASELINES if any(r["method"] == m for r in rows)), *(r["method"] for r in rows)]))
+rows.sort(key=lambda r: order.index(r["method"]))  # the baselines first, whichever folder they came from
+check_paired(rows, order)
 result.update(rows=rows, variants=variants,
               summary=summarise(rows, le["bootstrap_resamples"], le["bootstrap_seed"], le["confidence"], baselines))
 atomic_write_json(out, result)
