@@ -96,7 +96,8 @@ def run_demo(out_dir: str | Path = "runs/demo", data_dir: str | Path | None = No
     bundle = Path(ddpm) if ddpm else embedded_dubai_ddpm_dir()
     if not (bundle / "ddpm.json").exists():
         raise DataError(f"{bundle}: no DDPM bundle (ddpm.json); make it with `diffhrnet-lab pretrain --profile quick "
-                        f"--pool {embedded_dubai_dir() / 'images'} --out runs/ddpm_dubai --export {bundle} --export-half`")
+                        f"--pool {embedded_dubai_dir() / 'images'} --out runs/ddpm_dubai --export {bundle} --export-half` "
+                        "(the embedded one ran longer on a GPU: data_samples/ddpm_dubai/README.md)")
     configs = demo_configs(cfg, data, bundle, out / "feature_cache")
     d = cfg.demo
     scenes = demo_scenes(d)

@@ -127,3 +127,8 @@ def test_a_named_selection_scene_picks_the_best_step_there_and_reports_it(tmp_pa
     assert summary["val_groups"] == ["Tile_3"] and [r["step"] for r in summary["history"] if "val_miou" in r] == [6]
     assert result["select_miou"]["HRNet"] == summary["best_miou"]
     assert "**Tile_3**" in report.read_text() and "mIoU % on Tile_3 (selection)" in report.read_text()
+
+
+def test_demo_without_a_ddpm_bundle_says_how_to_make_one(tmp_path):
+    with pytest.raises(DataError, match=r"missing: no DDPM bundle \(ddpm.json\); make it with `diffhrnet-lab pretrain"):
+        run_demo(tmp_path / "out", ddpm=tmp_path / "missing", profile="smoke", progress=False)
