@@ -75,7 +75,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "diffhrnet_st": ("Diff-HRNet, self-trained on the unlabelled scenes", {"method": "diffhrnet"}),
     "ddpm_mlp_st": ("DDPM pixel classifier, self-trained on Diff-HRNet's labels", {"method": "ddpm_mlp"}),
     "diffhrnet_cbst": ("Diff-HRNet, class-balanced self-training", {"method": "diffhrnet"}),
-    # round 25: the base is the finished pixel classifier of the same cell, frozen (model.base_init, see BASES)
+    # round 25 (rejected): the base is the finished pixel classifier of the same cell, frozen (model.base_init, BASES)
     "diffhrnet_fb": ("Diff-HRNet on the frozen pixel classifier", {"method": "diffhrnet"}),
 }
 
