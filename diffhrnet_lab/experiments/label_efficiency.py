@@ -197,10 +197,15 @@ def drop_resume_state(run: Path) -> None:
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
 
+def _run_meta_file(run: Path) -> Path | None:
+    """A finished run's ``model.json`` (its ``last/``, else ``best/``); ``None`` without one."""
+    return next((run / d / "model.json" for d in ("last", "best") if (run / d / "model.json").is_file()), None)
+
+
 def _trained_model(run: Path) -> ModelConfig | None:
     """The model a finished run trained, from its ``model.json`` (fields it lacks: what the code did
     before they existed)."""
-    meta_file = next((run / d / "model.json" for d in ("last", "best") if (run / d / "model.json").is_file()), None)
+    meta_file = _run_meta_file(run)
     if meta_file is None:
         return None
     return ModelConfig(**{**MODEL_FIELDS_BEFORE, **json.loads(meta_file.read_text())["model"]})
@@ -265,7 +270,7 @@ def ddpm_digest(bundle: Path) -> str | None:
 def check_same_ddpm(run: Path, digest: str | None, bundle: Path) -> None:
     """A finished run is reused only if it read this DDPM: the same weights (by hash, so a bundle
     moved or renamed still matches), or rows of two DDPMs would be paired in one table."""
-    meta_file = next((run / d / "model.json" for d in ("last", "best") if (run / d / "model.json").is_file()), None)
+    meta_file = _run_meta_file(run)
     if digest is None or meta_file is None:
         return
     have = (json.loads(meta_file.read_text()).get("ddpm") or {}).get("sha256")
