@@ -76,6 +76,14 @@ def _compatible(default: Any, value: Any) -> bool:
     return type(default) is type(value)
 
 
+def profile_folder(default: str | Path, profile: str) -> Path:
+    """``default`` for the ``quick`` profile (the committed outputs' profile, whose folder names the
+    notebooks' text quotes), else ``<default>_<profile>``. The suffix keeps a smoke run (``make test``)
+    and a quick one out of each other's checkpoints and results: notebooks 03 and ``experiment`` resume
+    what they find in their folder, and a smoke run's batch size would stop a quick run there."""
+    return Path(default) if profile == "quick" else Path(f"{default}_{profile}")
+
+
 # Where 01 writes its DDPM inside run_dir: pretrain(out=run_dir/DDPM_SUBDIR) leaves the bundle in final/.
 DDPM_SUBDIR = "ddpm"
 
@@ -99,14 +107,11 @@ class StagePaths:
         return resolve_dataset(self.data, self.dataset, self.scheme).labelled
 
     def out(self, stage: str, default: str) -> Path:
-        """Where a notebook writes: ``run_dir/<stage>`` when chained, else its own ``default``, suffixed
-        with the profile unless it is ``quick`` (the committed outputs' profile, whose folder names the
-        notebooks' text quotes). The suffix keeps a smoke run (``make test``) and a quick one out of each
-        other's checkpoints: notebook 03 resumes what it finds in its folder, and a smoke run's batch
-        size would stop a quick run there."""
+        """Where a notebook writes: ``run_dir/<stage>`` when chained, else :func:`profile_folder` of its
+        own ``default``."""
         if self.run is not None:
             return self.run / stage
-        return Path(default) if self.profile == "quick" else Path(f"{default}_{self.profile}")
+        return profile_folder(default, self.profile)
 
     def apply(self, cfg: ProfileConfig) -> ProfileConfig:
         """``cfg`` reading this dataset and this DDPM (the ``data`` and ``features`` sections)."""

@@ -62,3 +62,16 @@ def test_papermill_sweep_of_two_configurations_aggregates(tmp_path):
     assert table.count("\n") == 3 and "| t-stages-late | diffhrnet | late | add |" in table
     assert f"| {100 * rows[0]['val_miou']:.1f} | {100 * rows[0]['miou']:.1f} |" in table
     assert (tmp_path / "executed" / "t-stages-none.ipynb").exists()
+
+
+def test_experiment_defaults_keep_a_smoke_run_out_of_the_quick_folders(tmp_path):
+    """``make test`` runs experiment.ipynb in the smoke profile with its default folders: its checkpoints
+    and result must not land where a quick run by hand resumes and reads (``../runs/sweep``, ``../results``)."""
+    work = tmp_path / "notebooks"
+    work.mkdir()
+    pm.execute_notebook(str(NOTEBOOKS / "experiment.ipynb"), str(work / "out.ipynb"),
+                        parameters={"profile": "smoke", "method": "hrnet"}, progress_bar=False, cwd=str(work))
+    result = json.loads((tmp_path / "results_smoke" / "experiment.json").read_text())
+    assert result["profile"] == "smoke" and result["method"] == "hrnet"
+    assert (tmp_path / "runs" / "sweep_smoke" / "experiment" / "summary.json").is_file()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs" / "sweep").exists()
