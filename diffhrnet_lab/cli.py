@@ -216,22 +216,25 @@ def _cmd_label_efficiency(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .config import check_profile, default_profile
+    from .config import check_profile, default_profile, profile_folder
     from .experiments.sweep import ABLATIONS, aggregate, markdown_table, run_experiment, run_sweep
 
     profile = check_profile(args.profile or default_profile())
+    results = args.results or profile_folder("results", profile)
+    runs = profile_folder("runs/sweep", profile)
     configs: dict = {}
     for name in args.ablation:
         if name not in ABLATIONS:
             raise ConfigError(f"unknown ablation '{name}'; choose from {', '.join(ABLATIONS)}")
         configs.update(ABLATIONS[name])
     if args.engine == "papermill":
-        run_sweep(configs, profile, notebook=args.notebook, results_dir=args.results)
+        run_sweep(configs, profile, notebook=args.notebook, results_dir=results, executed_dir=runs / "notebooks",
+                  runs_dir=runs)
     else:
         for run, params in configs.items():
             print(f"[sweep] {run}: {params}")
-            run_experiment(run, profile, results_dir=args.results, progress=True, **params)
-    print(markdown_table(aggregate(args.results, runs=configs)))
+            run_experiment(run, profile, results_dir=results, runs_dir=runs, progress=True, **params)
+    print(markdown_table(aggregate(results, runs=configs)))
     return 0
 
 
@@ -321,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["python", "papermill"], default="python",
                    help="python: in this process; papermill: notebooks/experiment.ipynb once per run")
     s.add_argument("--notebook", type=Path, default=Path("notebooks/experiment.ipynb"))
-    s.add_argument("--results", type=Path, default=Path("results"))
+    s.add_argument("--results", type=Path, default=None,
+                   help="folder of results/<run>.json (default: results, or results_<profile> for a profile other "
+                        "than quick; checkpoints likewise in runs/sweep[_<profile>])")
     s.set_defaults(func=_cmd_sweep)
 
     s = sub.add_parser("features", help="whole-tile DDPM features of an archive into the feature cache "

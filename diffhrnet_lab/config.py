@@ -95,6 +95,15 @@ def check_profile(name: str) -> str:
     return name
 
 
+def profile_folder(default: str | Path, profile: str) -> Path:
+    """``default`` for the ``quick`` profile (the committed outputs' profile, whose folder names the
+    notebooks and README quote), else ``<default>_<profile>``. The suffix keeps a smoke run (``make
+    test``) and a quick one out of each other's checkpoints and results: fine-tuning resumes what it
+    finds in its folder (a smoke run's batch size would stop a quick run there), and a sweep's table
+    reads every result in its folder."""
+    return Path(default) if profile == "quick" else Path(f"{default}_{profile}")
+
+
 @dataclass
 class DataConfig:
     """Where the labelled tiles are and how they are cropped and split."""

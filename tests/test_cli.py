@@ -67,3 +67,16 @@ def test_bad_set_key_exits_2_with_one_line(tmp_path, item, message, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_smoke_sweep_writes_beside_the_quick_folders_not_into_them(tmp_path, monkeypatch, capsys):
+    """``sweep --profile smoke`` must neither resume from nor add rows to what a quick sweep keeps in
+    results/ and runs/sweep/ (its table reads every result in its folder)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "stages", "--profile", "smoke"]) == 0
+    assert sorted(p.name for p in (tmp_path / "results_smoke").glob("*.json")) == [
+        "stages-late.json", "stages-multistage.json", "stages-none.json"]
+    assert (tmp_path / "runs" / "sweep_smoke" / "stages-late" / "summary.json").is_file()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs" / "sweep").exists()
+    assert "stages-multistage" in capsys.readouterr().out

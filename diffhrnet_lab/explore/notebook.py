@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ProfileConfig, check_profile, default_profile, embedded_ddpm_dir, profile_config, samples_dir
+from ..config import (ProfileConfig, check_profile, default_profile, embedded_ddpm_dir, profile_config, profile_folder,
+                      samples_dir)
 from ..data.datasets import MASK_DIR_NAMES
 from ..data.labels import dataset_scheme
 from ..errors import ConfigError, DataError
@@ -74,14 +75,6 @@ def _compatible(default: Any, value: Any) -> bool:
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return True
     return type(default) is type(value)
-
-
-def profile_folder(default: str | Path, profile: str) -> Path:
-    """``default`` for the ``quick`` profile (the committed outputs' profile, whose folder names the
-    notebooks' text quotes), else ``<default>_<profile>``. The suffix keeps a smoke run (``make test``)
-    and a quick one out of each other's checkpoints and results: notebooks 03 and ``experiment`` resume
-    what they find in their folder, and a smoke run's batch size would stop a quick run there."""
-    return Path(default) if profile == "quick" else Path(f"{default}_{profile}")
 
 
 # Where 01 writes its DDPM inside run_dir: pretrain(out=run_dir/DDPM_SUBDIR) leaves the bundle in final/.
